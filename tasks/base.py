@@ -1,0 +1,74 @@
+"""Task and TaskFamily: the inner problems a learned optimizer trains.
+
+A Task is a bundle of pure functions over pytrees; a TaskFamily splits a
+distribution of tasks into a *static* part (shapes, dataset, batch size: fixed
+per family, so one compiled function serves a whole population) and a *dynamic*
+part ``cfg`` (an array pytree: activation index, init scale, ...) that can be
+vmapped over.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+Batch = Any
+
+
+class TaskError(ValueError):
+    """A user-caused problem with a task or dataset (unknown name, bad value)."""
+
+
+class DatasetNotFoundError(TaskError):
+    """A dataset is not available on this machine; the message says how to provide it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One inner problem.
+
+    init(key) -> params
+    loss(params, key, batch) -> scalar
+    sample_batch(key, split="train") -> batch   (gathered on device, jit-able)
+    normalizer(loss) -> scalar on a task-independent scale (for meta-losses)
+    """
+
+    name: str
+    init: Callable[[jax.Array], PyTree]
+    loss: Callable[[PyTree, jax.Array, Batch], jax.Array]
+    sample_batch: Callable[..., Batch]
+    normalizer: Callable[[jax.Array], jax.Array] = lambda x: x
+    # Full-split evaluation, (params, split) -> scalar mean loss; None when the
+    # task has no finite split (e.g. quadratics), then callers average batches.
+    eval_loss: Callable[..., jax.Array] | None = None
+
+
+class TaskFamily:
+    """A distribution over tasks sharing static shapes.
+
+    Subclasses set ``name`` and implement ``sample`` and ``task``.
+    ``sample(key)`` returns an array pytree (vmappable); ``task(cfg)`` builds
+    a Task whose functions close over ``cfg`` (they may be traced arrays).
+    """
+
+    name: str = "family"
+
+    def sample(self, key: jax.Array) -> PyTree:
+        raise NotImplementedError
+
+    def task(self, cfg: PyTree) -> Task:
+        raise NotImplementedError
+
+    def sample_task(self, key: jax.Array) -> Task:
+        return self.task(self.sample(key))
+
+
+def uniform(key, lo, hi):
+    return jax.random.uniform(key, (), minval=lo, maxval=hi)
+
+
+def log_uniform(key, lo, hi):
+    return jnp.exp(uniform(key, jnp.log(lo), jnp.log(hi)))
