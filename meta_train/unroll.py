@@ -1,0 +1,83 @@
+"""Unrolls: truncatable inner computations that an outer estimator differentiates.
+
+An Unroll is any dynamical system parameterised by theta:
+
+    init(theta, key)        -> state          (start of an episode)
+    step(theta, state, key) -> (state, loss)  (one inner step; loss is the meta-loss term)
+    sample_episode_length(key) -> int32 scalar, a multiple of nothing in particular;
+                                 None-like systems return a huge number.
+
+Estimators only see this interface, so PES works for a learned optimizer on a
+task family, a learning-rate schedule, or any user-defined system.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+NEVER_ENDING = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Unroll:
+    """A user-defined unrolled computation (see module docstring).
+
+    ``episode_length``: fixed int, a (min, max) pair sampled log-uniformly
+    per episode, or None for a never-ending system.
+    """
+
+    init: Callable[[PyTree, jax.Array], PyTree]
+    step: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, jax.Array]]
+    episode_length: int | tuple[int, int] | None = None
+
+    def sample_episode_length(self, key: jax.Array) -> jax.Array:
+        spec = self.episode_length
+        if spec is None:
+            return jnp.asarray(NEVER_ENDING, jnp.int32)
+        if isinstance(spec, int):
+            return jnp.asarray(spec, jnp.int32)
+        lo, hi = spec
+        u = jax.random.uniform(key, (), minval=jnp.log(lo), maxval=jnp.log(hi + 1))
+        return jnp.clip(jnp.floor(jnp.exp(u)), lo, hi).astype(jnp.int32)
+
+
+class LOptState(NamedTuple):
+    """Inner state of a learned optimizer training one task of a family."""
+
+    cfg: PyTree        # the task's dynamic config (array pytree)
+    params: PyTree     # the task's parameters
+    opt_state: PyTree  # the learned optimizer's state
+
+
+def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
+                             max_meta_loss: float = 10.0) -> Unroll:
+    """Training a learned optimizer on a task family, as an Unroll.
+
+    Each episode samples a task cfg from ``family``, initialises its parameters,
+    and each step takes one learned-optimizer step on a fresh training batch.
+    The meta-loss term is the task's normalised training loss *before* the step
+    (clipped at ``max_meta_loss``; NaN stays NaN so estimators can mask it).
+    """
+
+    def init(theta, key):
+        k_cfg, k_init = jax.random.split(key)
+        cfg = family.sample(k_cfg)
+        task = family.task(cfg)
+        params = task.init(k_init)
+        return LOptState(cfg, params, lopt.opt_init(theta, params))
+
+    def step(theta, state, key):
+        task = family.task(state.cfg)
+        k_batch, k_loss, k_opt = jax.random.split(key, 3)
+        batch = task.sample_batch(k_batch)
+        loss, grads = jax.value_and_grad(task.loss)(state.params, k_loss, batch)
+        params, opt_state = lopt.opt_update(theta, state.opt_state, grads, state.params, loss, k_opt)
+        meta_loss = task.normalizer(loss)
+        meta_loss = jnp.where(jnp.isnan(meta_loss), meta_loss, jnp.minimum(meta_loss, max_meta_loss))
+        return LOptState(state.cfg, params, opt_state), meta_loss
+
+    return Unroll(init=init, step=step, episode_length=episode_length)
