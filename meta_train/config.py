@@ -1,0 +1,117 @@
+"""Meta-training configurations: a frozen dataclass that round-trips through JSON,
+plus the named configs the launcher offers."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user-caused problem with a meta-training config (unknown name or key, bad value)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    # What is meta-trained on what.
+    family: str = "mnist1d_mlp"                      # tasks.get_family name
+    family_kwargs: dict = dataclasses.field(default_factory=dict)
+    architecture: str = "mlp"                        # learned_opt architecture name
+    lopt_config: dict = dataclasses.field(default_factory=dict)
+    # PES.
+    num_pairs: int = 4                               # population = 2 * num_pairs particles
+    truncation_length: int = 20                      # K inner steps per outer step
+    min_episode_length: int = 100
+    max_episode_length: int = 400
+    sigma: float = 0.01
+    loss_clip: float | None = None
+    # Outer loop.
+    meta_optimizer: str = "adam"
+    meta_lr: float = 3e-3
+    grad_clip: float = 1.0
+    outer_steps: int = 300
+    # Logging, evaluation, checkpoints.
+    log_every: int = 5
+    eval_every: int = 50                             # 0 disables periodic evaluation
+    eval_tasks: int = 4
+    eval_steps: int = 200
+    checkpoint_every: int = 50
+    seed: int = 0
+    description: str = ""
+
+    def __post_init__(self):
+        checks = [
+            (self.num_pairs >= 1, "num_pairs must be >= 1"),
+            (self.truncation_length >= 1, "truncation_length must be >= 1"),
+            (1 <= self.min_episode_length <= self.max_episode_length,
+             "need 1 <= min_episode_length <= max_episode_length"),
+            (self.sigma > 0, "sigma must be > 0"),
+            (self.meta_lr > 0, "meta_lr must be > 0"),
+            (self.grad_clip > 0, "grad_clip must be > 0"),
+            (self.outer_steps >= 0, "outer_steps must be >= 0"),
+            (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.eval_every >= 0 and self.eval_tasks >= 1 and self.eval_steps >= 1,
+             "eval_every >= 0, eval_tasks >= 1 and eval_steps >= 1 are required"),
+            (self.meta_optimizer in ("adam", "sgd"), "meta_optimizer must be 'adam' or 'sgd'"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"invalid config: {msg}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(names)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"invalid config: {e}") from None
+
+    def replace(self, **overrides) -> "TrainConfig":
+        return TrainConfig.from_dict({**dataclasses.asdict(self), **overrides})
+
+
+NAMED_CONFIGS: dict[str, TrainConfig] = {
+    "default": TrainConfig(
+        description="Per-parameter MLP optimizer, PES on 2-layer MLPs (mixed activations, "
+                    "init scales) on mnist1d; about 5 minutes on 2 CPU cores."),
+    "digits": TrainConfig(
+        family="digits_mlp",
+        description="As default, on scikit-learn digits (8x8)."),
+    "quadratic": TrainConfig(
+        family="quadratic", min_episode_length=50, max_episode_length=200,
+        truncation_length=10, outer_steps=300, eval_steps=100, eval_every=50,
+        description="Per-parameter MLP optimizer on random 10-d quadratics; about a minute."),
+    "smoke": TrainConfig(
+        family="quadratic", num_pairs=2, truncation_length=5, min_episode_length=10,
+        max_episode_length=20, outer_steps=6, log_every=1, eval_every=3, eval_tasks=2,
+        eval_steps=10, checkpoint_every=2,
+        description="A seconds-long run to check an installation."),
+}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'key=value' with value parsed as JSON when possible, else kept as a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def get_config(name: str, overrides: list[str] | None = None) -> TrainConfig:
+    if name not in NAMED_CONFIGS:
+        raise ConfigError(f"unknown config {name!r}; known: {sorted(NAMED_CONFIGS)}")
+    cfg = NAMED_CONFIGS[name]
+    if overrides:
+        cfg = cfg.replace(**dict(parse_override(o) for o in overrides))
+    return cfg

@@ -1,0 +1,93 @@
+"""Train tasks with any optax transformation and record loss curves.
+
+Everything is one jitted function per (optimizer, family, horizon): the run over
+tasks (and over a hyper-parameter such as Adam's learning rate) is vmapped, the
+steps are a ``lax.scan``. The learned optimizer goes through ``as_optax`` so the
+evaluation exercises the same path a user's training loop does.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+ADAM_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+DEFAULT_ADAM_LR = 1e-3
+
+
+def _final_split_loss(task, params, key):
+    if task.eval_loss is not None:
+        return task.eval_loss(params, "test")
+    keys = jax.random.split(key, 8)
+    return jnp.mean(jax.vmap(lambda k: task.loss(params, k, task.sample_batch(k)))(keys))
+
+
+def run_task(task, tx, key, num_steps):
+    """Train ``task`` with optax ``tx`` (extra-args aware). Returns (train losses (num_steps,),
+    final test loss). The training loss at step t is measured on step t's batch before the update."""
+    tx = optax.with_extra_args_support(tx)
+    k_init, k_run, k_eval = jax.random.split(key, 3)
+    params = task.init(k_init)
+
+    def body(carry, k):
+        params, opt_state = carry
+        k_batch, k_loss = jax.random.split(k)
+        batch = task.sample_batch(k_batch)
+        loss, grads = jax.value_and_grad(task.loss)(params, k_loss, batch)
+        updates, opt_state = tx.update(grads, opt_state, params, value=loss)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    (params, _), losses = jax.lax.scan(body, (params, tx.init(params)), jax.random.split(k_run, num_steps))
+    return losses, _final_split_loss(task, params, k_eval)
+
+
+def family_curves(family, cfgs, keys, make_tx: Callable[[Any], optax.GradientTransformation],
+                  hparams, num_steps: int, hparam_axis: int | None = None):
+    """Curves for tasks ``family.task(cfgs[i])`` seeded by ``keys[i]``.
+
+    With ``hparam_axis=0`` the leading axis of ``hparams`` is an extra vmapped axis
+    (e.g. a learning-rate grid) and outputs have shape (num_hparams, num_tasks, ...).
+    """
+    def one(cfg, key, hp):
+        return run_task(family.task(cfg), make_tx(hp), key, num_steps)
+
+    over_tasks = jax.vmap(one, in_axes=(0, 0, None))
+    fn = over_tasks if hparam_axis is None else jax.vmap(over_tasks, in_axes=(None, None, 0))
+    losses, test = jax.jit(fn)(cfgs, keys, hparams)
+    return np.asarray(losses), np.asarray(test)
+
+
+def adam_tx(lr):
+    return optax.adam(lr)
+
+
+def smooth(curve: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average along the last axis (same length; early steps use what exists)."""
+    c = np.asarray(curve, dtype=float)
+    cs = np.cumsum(np.nan_to_num(c, nan=np.inf), axis=-1)
+    out = np.empty_like(c)
+    n = c.shape[-1]
+    for t in range(n):
+        lo = max(0, t - window + 1)
+        prev = cs[..., lo - 1] if lo > 0 else 0.0
+        out[..., t] = (cs[..., t] - prev) / (t - lo + 1)
+    return out
+
+
+def final_loss(curve: np.ndarray, frac: float = 0.05) -> np.ndarray:
+    """Mean training loss over the last ``frac`` of the run (non-finite counts as inf)."""
+    c = np.asarray(curve, dtype=float)
+    w = max(1, int(round(c.shape[-1] * frac)))
+    tail = c[..., -w:]
+    return np.where(np.all(np.isfinite(tail), axis=-1), tail.mean(axis=-1), np.inf)
+
+
+def steps_to_reach(curve: np.ndarray, target: float, window: int) -> int | None:
+    """First step (1-based) at which the smoothed curve is <= target; None if never."""
+    s = smooth(curve, window)
+    hit = np.nonzero(s <= target)[0]
+    return int(hit[0]) + 1 if hit.size else None

@@ -1,0 +1,53 @@
+"""PNG plots (matplotlib, Agg backend; nothing opens a window)."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_meta_training(records: list[dict], path: str) -> None:
+    """Meta-loss (PES particles' mean) and periodic evaluation against outer step."""
+    train = [r for r in records if "meta_loss" in r]
+    evals = [r for r in records if "eval_mean_loss" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    if train:
+        s = np.array([r["step"] for r in train])
+        v = np.array([r["meta_loss"] for r in train])
+        axes[0].plot(s, v, alpha=0.35, label="per step")
+        if len(v) >= 5:
+            w = max(1, len(v) // 20)
+            axes[0].plot(s[w - 1:], np.convolve(v, np.ones(w) / w, mode="valid"), label=f"mean of {w}")
+        axes[0].legend()
+    axes[0].set(title="PES meta-loss (particles' mean normalised loss)", xlabel="outer step")
+    if evals:
+        s = [r["step"] for r in evals]
+        axes[1].plot(s, [r["eval_mean_loss"] for r in evals], "o-", label="mean over horizon")
+        axes[1].plot(s, [r["eval_final_loss"] for r in evals], "s--", label="final")
+        axes[1].legend()
+    axes[1].set(title="held-out evaluation (normalised loss)", xlabel="outer step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(curves: dict[str, np.ndarray], path: str, title: str, ylabel: str = "training loss",
+                log_y: bool = True) -> None:
+    """One line per optimizer: curves maps a label to a (steps,) or (runs, steps) array
+    (the mean is drawn, with a band between min and max over runs)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, c in curves.items():
+        c = np.atleast_2d(np.asarray(c, dtype=float))
+        x = np.arange(1, c.shape[1] + 1)
+        ax.plot(x, c.mean(0), label=label)
+        if c.shape[0] > 1:
+            ax.fill_between(x, c.min(0), c.max(0), alpha=0.15)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel="step", ylabel=ylabel)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

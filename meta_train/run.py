@@ -1,0 +1,129 @@
+"""Run a meta-training job in a directory: progress, JSON-lines metrics, a PNG of the
+curves, atomic checkpoints of the full state, and resume after a kill.
+
+Files in the run directory:
+    config.json          the TrainConfig
+    metrics.jsonl        one JSON object per logged outer step / evaluation
+    train_state.npz      full training state (atomic, every checkpoint_every steps)
+    optimizer.npz        the learned optimizer (learned_opt.save format)
+    meta_training.png    meta-training curves
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+from tqdm import tqdm
+
+import learned_opt
+from meta_train.config import ConfigError, TrainConfig
+from meta_train.plots import plot_meta_training
+from meta_train.state_io import atomic_write_bytes, load_state, save_state
+from meta_train.trainer import MetaTrainer
+
+STATE_FILE = "train_state.npz"
+OPTIMIZER_FILE = "optimizer.npz"
+
+
+def _to_py(metrics: dict) -> dict:
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in jax.device_get(metrics).items()}
+
+
+def read_metrics(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a torn last line from a killed run
+    return out
+
+
+def _rewrite_metrics(path: str, records: list[dict]) -> None:
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    atomic_write_bytes(path, lambda f: f.write(data))
+
+
+def _resolve_config(out_dir: str, config: TrainConfig, resume: bool) -> TrainConfig:
+    cfg_path = os.path.join(out_dir, "config.json")
+    state_path = os.path.join(out_dir, STATE_FILE)
+    if os.path.exists(state_path) and not resume:
+        raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it "
+                          "or choose another --out")
+    if resume and os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            saved = TrainConfig.from_dict(json.load(f))
+        # Only the length of the run may change on resume.
+        if saved.replace(outer_steps=config.outer_steps) != config:
+            raise ConfigError(f"--resume: {out_dir} was started with another config "
+                              f"(see {cfg_path}); only outer_steps may change")
+    return config
+
+
+def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None):
+    """Meta-train into ``out_dir``. ``stop_after`` ends the loop after that many outer
+    steps in total without a checkpoint there, as a kill would (used to test resume)."""
+    config = _resolve_config(out_dir, config, resume)
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_bytes(os.path.join(out_dir, "config.json"), lambda f: f.write(config.to_json().encode()))
+    trainer = MetaTrainer(config)
+    state_path = os.path.join(out_dir, STATE_FILE)
+    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+
+    state = trainer.init()
+    records: list[dict] = []
+    if resume and os.path.exists(state_path):
+        state = load_state(state_path, state)
+        start = int(state.step)
+        records = [r for r in read_metrics(metrics_path) if r.get("step", 0) <= start]
+    _rewrite_metrics(metrics_path, records)
+
+    end = config.outer_steps if stop_after is None else min(config.outer_steps, stop_after)
+    start = int(state.step)
+    t0 = time.time()
+    bar = tqdm(total=config.outer_steps, initial=start, disable=not progress,
+               desc=f"meta-train {config.family}", unit="step", dynamic_ncols=True)
+    inner_steps_per_outer = 2 * config.num_pairs * config.truncation_length
+    with open(metrics_path, "a") as log:
+        def write(rec):
+            records.append(rec)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+
+        if start == 0 and config.eval_every:
+            write({"step": 0, **_to_py(trainer.evaluate(state.theta))})
+        for step in range(start + 1, end + 1):
+            state, metrics = trainer.outer_step(state)
+            if step % config.log_every == 0 or step == end:
+                rec = {"step": step, "time_s": round(time.time() - t0, 3), **_to_py(metrics)}
+                write(rec)
+                bar.set_postfix(meta_loss=f"{rec['meta_loss']:.3f}")
+            if config.eval_every and (step % config.eval_every == 0 or step == config.outer_steps):
+                rec = {"step": step, **_to_py(trainer.evaluate(state.theta))}
+                write(rec)
+            if step % config.checkpoint_every == 0 or step == config.outer_steps:
+                save_state(state_path, state, config.to_json())
+            bar.update(1)
+    bar.close()
+    elapsed = time.time() - t0
+    done_steps = end - start
+    summary = {"outer_steps_run": done_steps, "wall_s": round(elapsed, 2),
+               "inner_steps_per_s": round(done_steps * inner_steps_per_outer / max(elapsed, 1e-9), 1)}
+    learned_opt.save(os.path.join(out_dir, OPTIMIZER_FILE), trainer.lopt, state.theta,
+                     metadata={"outer_steps": int(state.step), "train_config": json.loads(config.to_json())})
+    plot_meta_training(records, os.path.join(out_dir, "meta_training.png"))
+    return state, records, summary
+
+
+def final_eval(records: list[dict]) -> dict | None:
+    evals = [r for r in records if "eval_mean_loss" in r]
+    return evals[-1] if evals else None
+

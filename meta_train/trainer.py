@@ -1,0 +1,87 @@
+"""The outer loop: one jitted PES outer step, periodic evaluation, NaN-safe updates."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import learned_opt
+import tasks
+from meta_train.config import TrainConfig
+from meta_train.estimators import PES
+from meta_train.unroll import learned_optimizer_unroll
+
+PyTree = Any
+EVAL_SEED = 10_000_019  # evaluation tasks come from a key stream disjoint from training's
+
+
+class TrainState(NamedTuple):
+    step: jax.Array            # int32 outer step
+    theta: PyTree              # meta-parameters
+    meta_opt_state: PyTree
+    est_state: PyTree          # PES particles and accumulators
+    key: jax.Array             # raw uint32 PRNG key
+
+
+def evaluate_trajectories(lopt, family, theta, keys, num_steps):
+    """Train one task per key with ``theta`` for ``num_steps``; returns normalised
+    training losses, shape (len(keys), num_steps). Vmapped over tasks, scanned over steps."""
+    unroll = learned_optimizer_unroll(lopt, family)
+
+    def one(key):
+        k_init, k_run = jax.random.split(key)
+        state = unroll.init(theta, k_init)
+        step_keys = jax.random.split(k_run, num_steps)
+        _, losses = jax.lax.scan(lambda s, k: unroll.step(theta, s, k), state, step_keys)
+        return losses
+
+    return jax.vmap(one)(keys)
+
+
+class MetaTrainer:
+    """Builds the family, optimizer, Unroll, estimator and meta-optimizer from a TrainConfig."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.family = tasks.get_family(config.family, **config.family_kwargs)
+        self.lopt = learned_opt.make(config.architecture, config.lopt_config)
+        self.unroll = learned_optimizer_unroll(
+            self.lopt, self.family, (config.min_episode_length, config.max_episode_length))
+        self.estimator = PES(self.unroll, num_pairs=config.num_pairs,
+                             truncation_length=config.truncation_length,
+                             sigma=config.sigma, loss_clip=config.loss_clip)
+        base = optax.adam(config.meta_lr) if config.meta_optimizer == "adam" else optax.sgd(config.meta_lr)
+        self.meta_opt = optax.chain(optax.clip_by_global_norm(config.grad_clip), base)
+        self.outer_step = jax.jit(self._outer_step)
+        self.evaluate = jax.jit(self._evaluate)
+
+    def init(self) -> TrainState:
+        key = jax.random.PRNGKey(self.config.seed)
+        k_theta, k_est, key = jax.random.split(key, 3)
+        theta = self.lopt.init(k_theta)
+        return TrainState(jnp.zeros((), jnp.int32), theta, self.meta_opt.init(theta),
+                          self.estimator.init(theta, k_est), key)
+
+    def _outer_step(self, state: TrainState):
+        key, k_est = jax.random.split(state.key)
+        grad, est_state, metrics = self.estimator.estimate(state.theta, state.est_state, k_est)
+        updates, meta_opt_state = self.meta_opt.update(grad, state.meta_opt_state, state.theta)
+        new_theta = optax.apply_updates(state.theta, updates)
+        ok = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new_theta)]))
+        # NaN-safe: a non-finite update leaves theta and the meta-optimizer untouched.
+        theta = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_theta, state.theta)
+        meta_opt_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), meta_opt_state,
+                                      state.meta_opt_state)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grad), update_skipped=~ok)
+        return TrainState(state.step + 1, theta, meta_opt_state, est_state, key), metrics
+
+    def eval_keys(self):
+        return jax.random.split(jax.random.PRNGKey(EVAL_SEED), self.config.eval_tasks)
+
+    def _evaluate(self, theta):
+        """Mean normalised training loss over ``eval_steps`` on fixed held-out tasks."""
+        losses = evaluate_trajectories(self.lopt, self.family, theta, self.eval_keys(),
+                                       self.config.eval_steps)
+        return {"eval_mean_loss": jnp.mean(losses), "eval_final_loss": jnp.mean(losses[:, -1])}
