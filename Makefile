@@ -1,0 +1,29 @@
+# Two-command quickstart. Both targets create .venv (Python 3.11) and install on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: quickstart test install benchmark clean
+
+$(BIN)/lopt: pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $(BIN)/lopt
+
+install: $(BIN)/lopt
+
+# Meta-train the default config (~5 min on 2 CPU cores), save runs/default/optimizer.npz,
+# and write runs/default/report/report.md.
+quickstart: install
+	$(BIN)/lopt train --config default --out runs/default
+
+test: install
+	$(BIN)/python -m pytest tests
+
+benchmark: install
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf runs

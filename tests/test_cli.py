@@ -1,0 +1,101 @@
+"""The CLI end to end, and bad inputs: one line on stderr, non-zero exit, no traceback."""
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def lopt(*args, env=None, timeout=240):
+    e = dict(os.environ, **(env or {}))
+    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+    t = time.time()
+    p = subprocess.run([sys.executable, "-m", "meta_train", *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=ROOT, env=e)
+    return p.returncode, p.stdout, p.stderr, time.time() - t
+
+
+def assert_user_error(rc, err, *needles):
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [l for l in err.strip().splitlines() if l.startswith("lopt: error")]
+    assert len(lines) == 1, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    rc, so, se, _ = lopt("train", "--config", "smoke", "--out", str(out), "--no-progress",
+                         "--report-tasks", "2")
+    assert rc == 0, se
+    return out
+
+
+def test_train_apply_report_end_to_end(smoke_run, tmp_path):
+    for f in ("config.json", "metrics.jsonl", "train_state.npz", "optimizer.npz",
+              "meta_training.png", "report/report.md", "report/curves_all.png"):
+        assert (smoke_run / f).exists(), f
+    rc, so, se, _ = lopt("apply", str(smoke_run / "optimizer.npz"), "--task", "quadratic_10d",
+                         "--steps", "30", "--out", str(tmp_path / "apply"))
+    assert rc == 0, se
+    assert (tmp_path / "apply" / "curves.png").exists()
+    assert "final training loss" in so
+    rc, so, se, _ = lopt("report", str(smoke_run / "optimizer.npz"), "--num-tasks", "2", "--steps", "20",
+                         "--out", str(tmp_path / "rep"))
+    assert rc == 0, se
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "| task |" in text and "Adam" in text
+
+
+def test_help_lists_subcommands():
+    rc, so, se, _ = lopt("--help")
+    assert rc == 0
+    for sub in ("train", "apply", "report", "tasks"):
+        assert sub in so
+
+
+def test_tasks_lists_families():
+    rc, so, se, _ = lopt("tasks")
+    assert rc == 0, se
+    assert "mnist1d_mlp" in so and "quadratic" in so
+
+
+def test_unknown_config_and_key(tmp_path):
+    rc, _, se, _ = lopt("train", "--config", "nope", "--out", str(tmp_path / "a"))
+    assert_user_error(rc, se, "nope")
+    rc, _, se, _ = lopt("train", "--config", "smoke", "--set", "bogus_key=1", "--out", str(tmp_path / "b"))
+    assert_user_error(rc, se, "bogus_key")
+    rc, _, se, _ = lopt("train", "--config", "smoke", "--set", "sigma=-1", "--out", str(tmp_path / "c"))
+    assert_user_error(rc, se, "sigma")
+
+
+def test_unknown_task(smoke_run):
+    rc, _, se, _ = lopt("apply", str(smoke_run / "optimizer.npz"), "--task", "no_such_task")
+    assert_user_error(rc, se, "no_such_task")
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a zip file at all")
+    rc, _, se, _ = lopt("apply", str(corrupt), "--task", "quadratic_10d")
+    assert_user_error(rc, se)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, weights=np.zeros(3))
+    rc, _, se, _ = lopt("report", str(foreign))
+    assert_user_error(rc, se)
+    rc, _, se, _ = lopt("apply", str(tmp_path / "missing.npz"), "--task", "quadratic_10d")
+    assert_user_error(rc, se)
+
+
+def test_missing_tfds_dataset_fails_fast(tmp_path):
+    rc, _, se, dt = lopt("train", "--config", "smoke", "--out", str(tmp_path / "m"),
+                         "--set", "family=mlp", "--set", 'family_kwargs={"dataset": "mnist"}',
+                         env={"LOPT_DATA_DIR": str(tmp_path / "data")})
+    assert_user_error(rc, se, "mnist")
+    assert dt < 30  # interpreter + jax import included; the dataset check itself takes < 5 s
