@@ -79,6 +79,7 @@ class TrainConfig:
 
 NAMED_CONFIGS: dict[str, TrainConfig] = {
     "default": TrainConfig(
+        outer_steps=2000, eval_every=250,
         description="Per-parameter MLP optimizer, PES on 2-layer MLPs (mixed activations, "
                     "init scales) on mnist1d; about 5 minutes on 2 CPU cores."),
     "digits": TrainConfig(
