@@ -74,7 +74,7 @@ class MetaTrainer:
         theta = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_theta, state.theta)
         meta_opt_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), meta_opt_state,
                                       state.meta_opt_state)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grad), update_skipped=~ok)
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grad), update_skipped=~ok)
         return TrainState(state.step + 1, theta, meta_opt_state, est_state, key), metrics
 
     def eval_keys(self):
