@@ -1,0 +1,25 @@
+"""Learned optimizers in JAX: architectures, features, optax adapter, checkpoint I/O.
+
+    import learned_opt
+    lopt = learned_opt.make("mlp")
+    theta = lopt.init(jax.random.PRNGKey(0))
+    tx = learned_opt.as_optax(lopt, theta)           # an optax transformation
+    learned_opt.save("opt.npz", lopt, theta, {"outer_steps": 0})
+    lopt, theta, meta = learned_opt.load("opt.npz")
+"""
+from learned_opt import features
+from learned_opt.base import (CheckpointError, LearnedOptError, LearnedOptimizer,
+                              architectures, config_from_dict, config_to_dict, make, register)
+from learned_opt.baselines import DEFAULT_LEARNING_RATES, baseline_names, make_baseline
+from learned_opt.checkpoint import load, load_theta, read_header, save
+from learned_opt.mlp_lopt import MLPLOpt, MLPLOptConfig, MLPLOptState
+from learned_opt.optax_adapter import LearnedOptaxState, as_optax
+
+__all__ = [
+    "CheckpointError", "LearnedOptError", "LearnedOptimizer", "architectures", "config_from_dict",
+    "config_to_dict", "make", "register", "features",
+    "DEFAULT_LEARNING_RATES", "baseline_names", "make_baseline",
+    "load", "load_theta", "read_header", "save",
+    "MLPLOpt", "MLPLOptConfig", "MLPLOptState",
+    "LearnedOptaxState", "as_optax",
+]

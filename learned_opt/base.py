@@ -48,6 +48,9 @@ class LearnedOptimizer:
 
     architecture: ClassVar[str] = "base"
     Config: ClassVar[type] = None  # type: ignore[assignment]
+    # Whether opt_update uses its ``key``; the optax adapter only carries a PRNG
+    # key in its state when this is True.
+    needs_key: ClassVar[bool] = True
 
     def __init__(self, config=None, **overrides):
         if config is None:

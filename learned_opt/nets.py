@@ -1,0 +1,47 @@
+"""Plain-JAX networks used by learned optimizers (no haiku state, theta is a dict).
+
+An MLP's parameters are ``{"linear_0": {"w", "b"}, ..., "linear_L": {"w", "b"}}``;
+``apply_mlp`` maps an input of shape ``(..., n_in)`` to ``(..., n_out)`` with ReLU
+between layers, so one call handles every parameter of a tensor at once.
+"""
+from __future__ import annotations
+
+import functools
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def init_mlp(key: jax.Array, sizes: Sequence[int], output_scale: float = 1.0) -> dict:
+    """He-normal hidden layers (``w ~ N(0, 2/fan_in)``), zero biases.
+
+    The output layer uses ``w ~ N(0, output_scale^2 / fan_in)`` so a small
+    ``output_scale`` makes the network's outputs small at initialisation.
+    """
+    return _init_mlp(key, tuple(int(s) for s in sizes), float(output_scale))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))  # one compiled call, not many eager ops
+def _init_mlp(key, sizes, output_scale):
+    sizes = list(sizes)
+    n_layers = len(sizes) - 1
+    keys = jax.random.split(key, n_layers)
+    params = {}
+    for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+        std = output_scale / jnp.sqrt(n_in) if i == n_layers - 1 else jnp.sqrt(2.0 / n_in)
+        params[f"linear_{i}"] = {"w": std * jax.random.normal(k, (n_in, n_out), jnp.float32),
+                                 "b": jnp.zeros((n_out,), jnp.float32)}
+    return params
+
+
+def apply_mlp(params: dict, x: jax.Array) -> jax.Array:
+    """``x -> W_L relu(... relu(x W_0 + b_0) ...) + b_L`` on the trailing axis."""
+    n_layers = len(params)
+    for i in range(n_layers):
+        layer = params[f"linear_{i}"]
+        x = x @ layer["w"].astype(x.dtype) + layer["b"].astype(x.dtype)
+        if i < n_layers - 1:
+            x = jax.nn.relu(x)
+    return x
