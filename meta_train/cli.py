@@ -100,9 +100,11 @@ def cmd_apply(args) -> int:
     lopt, theta, _ = learned_opt.load(args.checkpoint)
     task = tasks.get_task(args.task)
     key = jax.random.PRNGKey(args.seed)
-    run = jax.jit(ev.run_task, static_argnums=(1, 3))
-    lo, lo_test = run(task, lopt.as_optax(theta), key, args.steps)
-    ad, ad_test = run(task, optax.adam(args.adam_lr), key, args.steps)
+    def run(tx):
+        return jax.jit(lambda k: ev.run_task(task, tx, k, args.steps))(key)
+
+    lo, lo_test = run(lopt.as_optax(theta))
+    ad, ad_test = run(optax.adam(args.adam_lr))
     lo, ad = np.asarray(lo), np.asarray(ad)
     out = args.out or os.path.join("runs", f"apply-{args.task}")
     os.makedirs(out, exist_ok=True)

@@ -9,6 +9,7 @@ vmapped over.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
@@ -72,3 +73,14 @@ def uniform(key, lo, hi):
 
 def log_uniform(key, lo, hi):
     return jnp.exp(uniform(key, jnp.log(lo), jnp.log(hi)))
+
+
+def is_int(v) -> bool:
+    """A Python/numpy integer that is not a bool (for validating user config values)."""
+    return isinstance(v, (int, jnp.integer)) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    """A finite real number that is not a bool."""
+    return (isinstance(v, (int, float, jnp.integer, jnp.floating)) and not isinstance(v, bool)
+            and math.isfinite(float(v)))

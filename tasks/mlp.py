@@ -1,0 +1,126 @@
+"""MLP classifiers on a device-resident dataset.
+
+Static: dataset, hidden sizes, batch size, the tuple of candidate activations.
+Dynamic cfg = {"activation": int32 index into ``activations``, "init_scale": float32};
+init params are Haiku's defaults (truncated normal, std 1/sqrt(fan_in); zero biases)
+times init_scale, and log(init_scale) ~ U[log min_init_scale, log max_init_scale].
+
+loss = mean_i -log softmax(f(x_i))[y_i] over the batch; normaliser = loss / log(K), so a
+uniform prediction over K classes scores 1.
+"""
+from __future__ import annotations
+
+import math
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import optax
+
+from tasks.base import Task, TaskError, TaskFamily, is_int, is_number, log_uniform
+from tasks.datasets import SPLITS, load_dataset
+
+ACTIVATIONS = {
+    "relu": jax.nn.relu, "tanh": jnp.tanh, "gelu": jax.nn.gelu, "silu": jax.nn.silu,
+    "sigmoid": jax.nn.sigmoid, "elu": jax.nn.elu, "softplus": jax.nn.softplus,
+    "leaky_relu": jax.nn.leaky_relu,
+}
+DEFAULT_ACTIVATIONS = ("relu", "tanh", "gelu", "silu")
+
+
+class MLPClassifierFamily(TaskFamily):
+    """MLPs of fixed widths on ``dataset`` (see ``tasks.datasets.load_dataset``)."""
+
+    def __init__(self, dataset: str = "mnist1d", hidden_sizes=(32, 32), batch_size: int = 128,
+                 activations=DEFAULT_ACTIVATIONS, min_init_scale: float = 0.5,
+                 max_init_scale: float = 2.0, data_dir: str | None = None):
+        hidden_sizes = tuple(hidden_sizes) if isinstance(hidden_sizes, (list, tuple)) else None
+        if hidden_sizes is None or not all(is_int(w) and w >= 1 for w in hidden_sizes):
+            raise TaskError("mlp: hidden_sizes must be a list of positive integers")
+        if not (is_int(batch_size) and batch_size >= 1):
+            raise TaskError(f"mlp: batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(activations, str):
+            activations = (activations,)
+        activations = tuple(activations) if isinstance(activations, (list, tuple)) else ()
+        bad = [a for a in activations if not isinstance(a, str) or a not in ACTIVATIONS]
+        if bad or not activations:
+            raise TaskError(f"mlp: unknown activations {bad}; choose from {', '.join(ACTIVATIONS)}")
+        if not (is_number(min_init_scale) and is_number(max_init_scale)
+                and 0 < min_init_scale <= max_init_scale):
+            raise TaskError("mlp: need 0 < min_init_scale <= max_init_scale, got "
+                            f"{min_init_scale!r}, {max_init_scale!r}")
+        ds = load_dataset(dataset, data_dir)
+        self.name = f"{dataset}_mlp"
+        self.dataset, self.hidden_sizes, self.batch_size = dataset, hidden_sizes, int(batch_size)
+        self.activations = activations
+        self.min_init_scale, self.max_init_scale = float(min_init_scale), float(max_init_scale)
+        self.num_classes, self.num_features = ds.num_classes, ds.num_features
+        self.split_sizes = ds.sizes()
+        self.data = {s: (jnp.asarray(ds.split(s)[0]), jnp.asarray(ds.split(s)[1])) for s in SPLITS}
+        self.net = hk.without_apply_rng(hk.transform(self._forward))
+        # Jitted once per family (inlined when traced inside a caller's jit or vmap).
+        self._init = jax.jit(self._scaled_init)
+        self._apply = jax.jit(self.net.apply)
+
+    def _forward(self, x, activation):
+        fns = [ACTIVATIONS[a] for a in self.activations]
+        act = fns[0] if len(fns) == 1 else (lambda h: jax.lax.switch(activation, fns, h))
+        for i, width in enumerate(self.hidden_sizes):
+            x = act(hk.Linear(width, name=f"hidden_{i}")(x))
+        return hk.Linear(self.num_classes, name="logits")(x)
+
+    def _scaled_init(self, key, activation, init_scale):
+        params = self.net.init(key, jnp.zeros((1, self.num_features)), activation)
+        return jax.tree.map(lambda p: p * init_scale, params)
+
+    def sample(self, key):
+        k_act, k_scale = jax.random.split(key)
+        return {"activation": jax.random.randint(k_act, (), 0, len(self.activations), jnp.int32),
+                "init_scale": log_uniform(k_scale, self.min_init_scale, self.max_init_scale)}
+
+    def default_cfg(self, activation: str | None = None, init_scale: float = 1.0):
+        """Deterministic cfg: ``activation`` (default relu, else the first one), scale 1."""
+        activation = activation or ("relu" if "relu" in self.activations else self.activations[0])
+        if activation not in self.activations:
+            raise TaskError(f"activation {activation!r} is not in this family's "
+                            f"{self.activations}")
+        return {"activation": jnp.asarray(self.activations.index(activation), jnp.int32),
+                "init_scale": jnp.asarray(init_scale, jnp.float32)}
+
+    def _split(self, split):
+        if split not in self.data:
+            raise TaskError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        return self.data[split]
+
+    def logits(self, cfg, params, x):
+        return self._apply(params, x, cfg["activation"])
+
+    def accuracy(self, cfg, params, split="test"):
+        """Fraction of ``split`` classified correctly (argmax of the logits)."""
+        x, y = self._split(split)
+        return jnp.mean(jnp.argmax(self.logits(cfg, params, x), -1) == y)
+
+    def task(self, cfg) -> Task:
+        log_k = math.log(self.num_classes)
+
+        def init(key):
+            return self._init(key, cfg["activation"], cfg["init_scale"])
+
+        def mean_xent(params, x, y):
+            logits = self.logits(cfg, params, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        def loss(params, key, batch):
+            return mean_xent(params, batch["x"], batch["y"])
+
+        def sample_batch(key, split="train"):
+            x, y = self._split(split)
+            idx = jax.random.randint(key, (self.batch_size,), 0, y.shape[0])
+            return {"x": jnp.take(x, idx, axis=0), "y": jnp.take(y, idx, axis=0)}
+
+        def eval_loss(params, split="validation"):
+            """Mean loss over the whole split."""
+            return mean_xent(params, *self._split(split))
+
+        return Task(name=self.name, init=init, loss=loss, sample_batch=sample_batch,
+                    normalizer=lambda l: l / log_k, eval_loss=eval_loss)

@@ -1,0 +1,142 @@
+"""Named task families and named single tasks.
+
+Held-out tasks: a family's training tasks come from ``family.sample(key)`` with keys split
+from the run's own seed; held-out (evaluation) tasks come from the same ``family.sample``
+with keys from ``held_out_keys(n)``, a fixed, separate base seed (HELD_OUT_SEED), so the
+held-out set is identical across runs and machines and disjoint from training keys in practice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+
+import jax
+
+from tasks.base import Task, TaskError, TaskFamily
+from tasks.datasets import DATA_DIR_ENV
+from tasks.mlp import MLPClassifierFamily
+from tasks.quadratic import QuadraticFamily
+
+HELD_OUT_SEED = 10_000_019  # same stream as meta_train.trainer.EVAL_SEED
+
+
+@dataclasses.dataclass(frozen=True)
+class _FamilySpec:
+    cls: type
+    fixed: dict        # constructor kwargs the name implies (not overridable)
+    description: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _TaskSpec:
+    family: str
+    family_kwargs: dict
+    cfg_kwargs: dict   # passed to family.default_cfg
+    description: str
+
+
+_FAMILIES = {
+    "quadratic": _FamilySpec(QuadraticFamily, {}, "noisy diagonal quadratics, 10-d, "
+                             "condition number log-uniform in [1, 100]"),
+    "mnist1d_mlp": _FamilySpec(MLPClassifierFamily, {"dataset": "mnist1d"},
+                               "MLP (32, 32) on MNIST-1D (embedded); sampled activation and "
+                               "init scale"),
+    "digits_mlp": _FamilySpec(MLPClassifierFamily, {"dataset": "digits"},
+                              "MLP (32, 32) on 8x8 sklearn digits (embedded); sampled "
+                              "activation and init scale"),
+    "mlp": _FamilySpec(MLPClassifierFamily, {}, "MLP on any dataset: dataset=NAME, embedded "
+                       "or a TFDS dataset prepared in array_record format"),
+}
+
+_TASKS = {
+    "quadratic_10d": _TaskSpec("quadratic", {"dim": 10}, {},
+                               "10-d noisy quadratic, condition number 10"),
+    **{f"{ds}_mlp_{act}": _TaskSpec(f"{ds}_mlp", {}, {"activation": act},
+                                    f"{act} MLP (32, 32) on {label}, init scale 1")
+       for ds, label in (("mnist1d", "MNIST-1D"), ("digits", "sklearn digits"))
+       for act in ("relu", "tanh")},
+}
+
+
+def list_families() -> dict[str, str]:
+    """{family name: one-line description}."""
+    return {name: spec.description for name, spec in _FAMILIES.items()}
+
+
+def list_tasks() -> dict[str, str]:
+    """{task name: one-line description}."""
+    return {name: spec.description for name, spec in _TASKS.items()}
+
+
+def family_kwargs(name: str) -> list[str]:
+    """Keyword arguments ``get_family(name, ...)`` accepts."""
+    spec = _family_spec(name)
+    params = inspect.signature(spec.cls.__init__).parameters
+    return [p for p in params if p != "self" and p not in spec.fixed]
+
+
+def get_family(name: str, **kwargs) -> TaskFamily:
+    """Family ``name``; kwargs override its constructor defaults. Instances are cached per
+    (name, kwargs, $LOPT_DATA_DIR), so repeated calls share compiled functions: treat
+    families as immutable."""
+    spec = _family_spec(name)
+    valid = family_kwargs(name)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise TaskError(f"family {name!r} does not take {', '.join(unknown)}; "
+                        f"valid arguments: {', '.join(valid)}")
+    try:
+        key = (name, _freeze(kwargs), os.environ.get(DATA_DIR_ENV))
+        hash(key)
+    except TypeError:  # unhashable values: build without caching
+        return spec.cls(**spec.fixed, **kwargs)
+    if key not in _FAMILY_CACHE:
+        _FAMILY_CACHE[key] = spec.cls(**spec.fixed, **kwargs)
+    return _FAMILY_CACHE[key]
+
+
+_FAMILY_CACHE: dict = {}
+
+
+def _freeze(v):
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return (type(v).__name__, v)
+
+
+def family_name_of_task(name: str) -> str:
+    """The family a named task belongs to (same static shapes)."""
+    return _task_spec(name).family
+
+
+def get_task_and_family(name: str) -> tuple[Task, TaskFamily, dict]:
+    """(task, its family, its cfg) for named task ``name``."""
+    spec = _task_spec(name)
+    family = get_family(spec.family, **spec.family_kwargs)
+    cfg = family.default_cfg(**spec.cfg_kwargs)
+    return dataclasses.replace(family.task(cfg), name=name), family, cfg
+
+
+def get_task(name: str) -> Task:
+    """Named single task, e.g. "mnist1d_mlp_relu" (see ``list_tasks``)."""
+    return get_task_and_family(name)[0]
+
+
+def held_out_keys(n: int, seed: int = HELD_OUT_SEED) -> jax.Array:
+    """``n`` keys for held-out tasks: ``jax.vmap(family.sample)(held_out_keys(n))``."""
+    return jax.random.split(jax.random.PRNGKey(seed), n)
+
+
+def _family_spec(name: str) -> _FamilySpec:
+    if not isinstance(name, str) or name not in _FAMILIES:
+        raise TaskError(f"unknown task family {name!r}; choose one of {', '.join(_FAMILIES)}")
+    return _FAMILIES[name]
+
+
+def _task_spec(name: str) -> _TaskSpec:
+    if not isinstance(name, str) or name not in _TASKS:
+        raise TaskError(f"unknown task {name!r}; choose one of {', '.join(_TASKS)}")
+    return _TASKS[name]
