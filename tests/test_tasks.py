@@ -79,9 +79,10 @@ def test_registered_task_trains(name):
     # quadratics 1 only in expectation (one 10-d draw varies; see the Monte Carlo test).
     lo, hi = (0.3, 3.0) if name.startswith("quadratic") else (0.9, 1.1)
     assert lo < float(task.normalizer(before)) < hi
-    # Calibrated over seeds 0-3: full-split loss ratio <= 0.74 (MNIST-1D), batch loss <= 0.8.
-    assert float(after) < 0.8 * float(before)
-    assert float(losses[-10:].mean()) < 0.9 * float(losses[:10].mean())
+    # Calibrated over seeds 0-5 (worst: MNIST-1D tanh): full-split loss ratio <= 0.75,
+    # mean of the last 10 batch losses / first 10 <= 0.86. Digits reach ~0.1, quadratics ~0.6.
+    assert float(after) < 0.85 * float(before)
+    assert float(losses[-10:].mean()) < 0.92 * float(losses[:10].mean())
 
 
 def test_registry_lists_and_family_of_task():
@@ -231,6 +232,10 @@ def test_mlp_cfg_controls_activation_and_init_scale():
     p1 = family.task(family.default_cfg("relu", 1.0)).init(key)
     p2 = family.task(family.default_cfg("tanh", 2.0)).init(key)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(b, 2.0 * a, rtol=1e-6), p1, p2)
+    # w * sqrt(fan_in) ~ N(0, 1) truncated to [-2, 2] (std 0.8796), b = 0
+    t = np.concatenate([np.ravel(p["w"] * np.sqrt(p["w"].shape[0])) for p in p1.values()])
+    assert np.abs(t).max() <= 2.0 + 1e-5 and abs(t.std() - 0.8796) < 0.04 and abs(t.mean()) < 0.05
+    assert all(np.all(p["b"] == 0) for p in p1.values())
     x = family.data["test"][0][:5]
     outs = []
     for act in family.activations:
@@ -321,7 +326,7 @@ def test_missing_tfds_dataset_fails_fast(tmp_path, monkeypatch):
     (tmp_path / "mnist" / "3.0.1").mkdir(parents=True)
     (tmp_path / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
     (tmp_path / "mnist" / "3.0.1" / "mnist-train.tfrecord-00000-of-00001").write_bytes(b"")
-    with pytest.raises(tasks.DatasetNotFoundError, match="array_record"):
+    with pytest.raises(tasks.DatasetNotFoundError, match="not in array_record format"):
         tasks.load_dataset("mnist")
     with pytest.raises(tasks.TaskError, match="digits"):
         tasks.load_dataset("../etc")
