@@ -19,7 +19,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 from meta_train import evaluate as ev  # noqa: E402
@@ -88,7 +87,6 @@ def main():
     print(f"  Adam step:             {1e6 * t_ad / n:8.1f} us")
     print(f"  learned-opt step:      {1e6 * t_lo / n:8.1f} us")
     print(f"  ratio learned / Adam:  {t_lo / t_ad:.2f}x")
-    del jnp
 
 
 if __name__ == "__main__":
