@@ -27,12 +27,14 @@ def held_out_cfgs(family, num_tasks: int, seed: int = HELD_OUT_SEED):
     return cfgs, keys[num_tasks:]
 
 
-def _cfg_label(cfgs, i) -> str:
+def _cfg_label(family, cfgs, i) -> str:
     leaves = jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda x: np.asarray(x[i]), cfgs))[0]
     parts = []
     for path, v in leaves:
         name = jax.tree_util.keystr(path).strip("[]'\"")
-        if v.size == 1:
+        if name == "activation" and hasattr(family, "activations"):
+            parts.append(f"{family.activations[int(v)]}")
+        elif v.size == 1:
             parts.append(f"{name}={v.item():.3g}" if v.dtype.kind == "f" else f"{name}={v.item()}")
     return ", ".join(parts) if parts else f"task {i}"
 
@@ -52,7 +54,7 @@ def compare_on_family(lopt, theta, family, num_tasks: int, num_steps: int, seed:
     for i in range(num_tasks):
         lo, ad, at = lo_curves[i], grid_curves[default_i, i], grid_curves[best[i], i]
         rows.append({
-            "task": _cfg_label(cfgs, i),
+            "task": _cfg_label(family, cfgs, i),
             "learned_final": float(ev.final_loss(lo)),
             "adam_default_final": float(ev.final_loss(ad)),
             "adam_tuned_final": float(ev.final_loss(at)),
