@@ -88,7 +88,9 @@ def _template(lopt: LearnedOptimizer):
     return jax.eval_shape(lopt.init, jax.random.PRNGKey(0))
 
 
-def _atomic_write(path: str, write_fn) -> None:
+def atomic_write(path: str, write_fn) -> None:
+    """Call ``write_fn(file)`` on a temp file beside ``path``, fsync, then rename over ``path``:
+    readers see the old file or the new one, never a torn write."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
@@ -98,6 +100,9 @@ def _atomic_write(path: str, write_fn) -> None:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -142,7 +147,7 @@ def save(path: str, lopt: LearnedOptimizer, theta: PyTree, metadata: dict | None
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"cannot save {path}: metadata is not JSON-serialisable ({e})") from None
     payload = {HEADER_KEY: np.array(header), **dict(arrays)}
-    _atomic_write(path, lambda f: np.savez(f, **payload))
+    atomic_write(path, lambda f: np.savez(f, **payload))
 
 
 # ----------------------------------------------------------------------------- load

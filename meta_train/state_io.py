@@ -3,12 +3,12 @@ estimator state, RNG, step) as one .npz with a JSON header."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 
 import jax
 import numpy as np
+
+from learned_opt.checkpoint import atomic_write as atomic_write_bytes
 
 FORMAT = "lopt-train-state"
 VERSION = 1
@@ -16,26 +16,6 @@ VERSION = 1
 
 class StateFileError(ValueError):
     """A training-state file cannot be used (corrupt, foreign, or from another config)."""
-
-
-def atomic_write_bytes(path: str, write_fn) -> None:
-    """Call write_fn(file_object) on a temp file in path's directory, fsync, then rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_state(path: str, state, config_json: str) -> None:

@@ -14,7 +14,6 @@ from meta_train.estimators import PES
 from meta_train.unroll import learned_optimizer_unroll
 
 PyTree = Any
-EVAL_SEED = 10_000_019  # evaluation tasks come from a key stream disjoint from training's
 
 
 class TrainState(NamedTuple):
@@ -78,7 +77,7 @@ class MetaTrainer:
         return TrainState(state.step + 1, theta, meta_opt_state, est_state, key), metrics
 
     def eval_keys(self):
-        return jax.random.split(jax.random.PRNGKey(EVAL_SEED), self.config.eval_tasks)
+        return tasks.held_out_keys(self.config.eval_tasks)
 
     def _evaluate(self, theta):
         """Mean normalised training loss over ``eval_steps`` on fixed held-out tasks."""

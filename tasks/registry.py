@@ -18,7 +18,7 @@ from tasks.datasets import DATA_DIR_ENV
 from tasks.mlp import MLPClassifierFamily
 from tasks.quadratic import QuadraticFamily
 
-HELD_OUT_SEED = 10_000_019  # same stream as meta_train.trainer.EVAL_SEED
+HELD_OUT_SEED = 10_000_019  # periodic evaluation during meta-training uses this stream
 
 
 @dataclasses.dataclass(frozen=True)
