@@ -9,7 +9,9 @@ For every parameter p of every tensor, with gradient g and momenta
     d, m   = MLP(inputs)                            (hidden_sizes, ReLU)
     p     <- p - step_mult * d * exp(exp_mult * m)
 
-t is the number of updates already taken (0 at the first step). The MLP is
+t is the number of updates already taken (0 at the first step). With
+``dmd_window > 0`` the DMD features of the recent gradients (learned_opt.dmd,
+``2 * dmd_rank + 2`` channels) are appended to the inputs. The MLP is
 shared by all parameters and tensors; it is applied per tensor with
 ``jax.tree.map`` (one batched matmul per tensor). The output layer is
 initialised with scale ``output_init_scale`` (weights ``N(0, s^2/fan_in)``,
@@ -24,6 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from learned_opt import dmd
 from learned_opt import features as F
 from learned_opt.base import LearnedOptError, LearnedOptimizer, register
 from learned_opt.nets import apply_mlp, init_mlp
@@ -33,10 +36,12 @@ PyTree = Any
 
 class MLPLOptState(NamedTuple):
     """``momenta``: pytree like params, each leaf ``p.shape + (K,)`` float32 (one
-    slot per decay, in config order); ``iteration``: int32 scalar, updates taken."""
+    slot per decay, in config order); ``iteration``: int32 scalar, updates taken;
+    ``dmd``: a ``dmd.DMDState`` when DMD features are on, else None."""
 
     momenta: PyTree
     iteration: jax.Array
+    dmd: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +53,8 @@ class MLPLOptConfig:
     exp_mult: float = 0.001
     output_init_scale: float = 0.01   # scale of the output layer at init (small steps)
     norm_eps: float = 1e-5            # eps in x * rsqrt(eps + mean(x^2))
+    dmd_window: int = 0               # gradient snapshots for DMD features (0 = off)
+    dmd_rank: int = 3
 
     def __post_init__(self):
         if not self.hidden_sizes or any(int(h) != h or h < 1 for h in self.hidden_sizes):
@@ -58,10 +65,12 @@ class MLPLOptConfig:
             raise LearnedOptError(f"time_scales must be positive, got {self.time_scales}")
         if self.norm_eps <= 0:
             raise LearnedOptError(f"norm_eps must be positive, got {self.norm_eps}")
+        dmd.validate(self.dmd_window, self.dmd_rank)
 
     @property
     def num_inputs(self) -> int:
-        return 2 + len(self.decays) + len(self.time_scales)
+        n_dmd = dmd.num_features(self.dmd_rank) if self.dmd_window else 0
+        return 2 + len(self.decays) + len(self.time_scales) + n_dmd
 
 
 def lolv2_features(momenta: PyTree, iteration: jax.Array, grads: PyTree, params: PyTree,
@@ -100,7 +109,8 @@ class MLPLOpt(LearnedOptimizer):
     def opt_init(self, theta, params, num_steps=None) -> MLPLOptState:
         k = len(self.config.decays)
         momenta = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p) + (k,), jnp.float32), params)
-        return MLPLOptState(momenta, jnp.zeros((), jnp.int32))
+        dmd_state = dmd.init(params, self.config.dmd_window) if self.config.dmd_window else None
+        return MLPLOptState(momenta, jnp.zeros((), jnp.int32), dmd_state)
 
     def features(self, state: MLPLOptState, grads, params) -> tuple[PyTree, PyTree]:
         """``(inputs, new_momenta)`` for this step; see :func:`lolv2_features`."""
@@ -118,6 +128,11 @@ class MLPLOpt(LearnedOptimizer):
 
     def opt_update(self, theta, state, grads, params, loss=None, key=None):
         inputs, momenta = self.features(state, grads, params)
+        dmd_state = state.dmd
+        if self.config.dmd_window:
+            dmd_state = dmd.push(state.dmd, grads)
+            extra = dmd.features(dmd_state, self.config.dmd_rank)
+            inputs = jax.tree.map(lambda x, f: jnp.concatenate([x, f], axis=-1), inputs, extra)
         new_params = jax.tree.map(
             lambda p, x: (p - self.step(theta, x)).astype(jnp.result_type(p)), params, inputs)
-        return new_params, MLPLOptState(momenta, state.iteration + 1)
+        return new_params, MLPLOptState(momenta, state.iteration + 1, dmd_state)

@@ -317,3 +317,33 @@ def test_as_optax_carries_a_key_when_needed():
     u4, _ = upd(g, s1, p, key=jax.random.PRNGKey(3))
     np.testing.assert_array_equal(u3["w"], u4["w"])
     np.testing.assert_array_equal(s3.key, state.key)      # and leaves the carried key alone
+
+
+def test_dmd_variant_appends_dmd_features():
+    from learned_opt import dmd
+    on = MLPLOpt(dmd_window=6, dmd_rank=2, output_init_scale=1.0)
+    off = MLPLOpt(output_init_scale=1.0)
+    assert on.config.num_inputs == 19 + dmd.num_features(2) == 25
+    theta_on, theta_off = on.init(KEY), off.init(KEY)
+    # the same network on the first 19 inputs; zero weights on the DMD channels -> identical steps
+    theta_mask = jax.tree.map(lambda x: x, theta_on)
+    theta_mask["mlp"]["linear_0"]["w"] = theta_on["mlp"]["linear_0"]["w"].at[19:].set(0.0).at[:19].set(
+        theta_off["mlp"]["linear_0"]["w"])
+    for k in ("linear_1", "linear_2"):
+        theta_mask["mlp"][k] = theta_off["mlp"][k]
+    update_on, update_off = jax.jit(on.opt_update), jax.jit(off.opt_update)
+    s_on, s_off = on.opt_init(theta_on, P), off.opt_init(theta_off, P)
+    assert s_off.dmd is None and s_on.dmd.snapshots["w"].shape == (3, 2, 6)
+    for g in (G1, G2, G1):
+        p_on, s_on = update_on(theta_mask, s_on, g, P, 0.0, KEY)
+        p_off, s_off = update_off(theta_off, s_off, g, P, 0.0, KEY)
+    for k in P:
+        np.testing.assert_allclose(p_on[k], p_off[k], rtol=1e-5, atol=1e-7)
+    assert int(s_on.dmd.count) == 3
+    np.testing.assert_allclose(s_on.dmd.snapshots["w"][..., -1], G1["w"])
+    # with weights on the DMD channels the step changes
+    p_dmd, _ = update_on(theta_on, s_on, G2, P, 0.0, KEY)
+    p_mask, _ = update_on(theta_mask, s_on, G2, P, 0.0, KEY)
+    assert not np.allclose(p_dmd["w"], p_mask["w"])
+    with pytest.raises(learned_opt.LearnedOptError, match="dmd"):
+        MLPLOpt(dmd_window=2)
