@@ -51,3 +51,31 @@ def plot_curves(curves: dict[str, np.ndarray], path: str, title: str, ylabel: st
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_suite(curves: dict[str, np.ndarray], reference: np.ndarray, path: str, title: str,
+               window: int = 1) -> None:
+    """Median over tasks of each optimizer's smoothed training loss divided by ``reference``
+    (per task, e.g. tuned Adam's final loss; 1 = as good as that). ``curves`` maps a label to a
+    (tasks, steps) array; labels ending in " +guard" are drawn dashed in their base colour."""
+    from meta_train.evaluate import smooth
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    colours: dict[str, str] = {}
+    palette = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3)
+    ref = np.asarray(reference, dtype=float)[:, None]
+    for label, c in curves.items():
+        base = label.removesuffix(" +guard")
+        style = {"Adam tuned": dict(color="black", lw=2.0), "Adam lr=1e-3": dict(color="0.55")}.get(label)
+        if style is None:
+            if base not in colours:
+                colours[base] = next(palette)
+            style = dict(color=colours[base], ls="--" if label.endswith(" +guard") else "-")
+        c = smooth(np.asarray(c, dtype=float), window) / ref
+        ax.plot(np.arange(1, c.shape[1] + 1), np.median(c, axis=0), label=label, **style)
+    ax.axhline(1.0, color="black", lw=0.6, ls=":")
+    ax.set_yscale("log")
+    ax.set(title=title, xlabel="step", ylabel="training loss / tuned Adam's final (median over tasks)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
