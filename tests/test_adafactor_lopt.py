@@ -8,7 +8,6 @@ import pytest
 
 import learned_opt
 import learned_opt.adafactor_lopt  # noqa: F401  (registers "adafactor_mlp")
-from learned_opt import features as F
 from learned_opt.adafactor_lopt import AdafactorLOpt, AdafactorLOptConfig
 
 SCALES = np.array([1, 3, 10, 30, 100, 300, 1000, 3000, 1e4, 3e4, 1e5])
