@@ -7,7 +7,8 @@
     learned_opt.save("opt.npz", lopt, theta, {"outer_steps": 0})
     lopt, theta, meta = learned_opt.load("opt.npz")
 """
-from learned_opt import features
+from learned_opt import dmd, features
+from learned_opt.adafactor_lopt import AdafactorLOpt, AdafactorLOptConfig, AdafactorLOptState
 from learned_opt.base import (CheckpointError, LearnedOptError, LearnedOptimizer,
                               architectures, config_from_dict, config_to_dict, make, register)
 from learned_opt.baselines import DEFAULT_LEARNING_RATES, baseline_names, make_baseline
@@ -17,7 +18,8 @@ from learned_opt.optax_adapter import LearnedOptaxState, as_optax
 
 __all__ = [
     "CheckpointError", "LearnedOptError", "LearnedOptimizer", "architectures", "config_from_dict",
-    "config_to_dict", "make", "register", "features",
+    "config_to_dict", "make", "register", "features", "dmd",
+    "AdafactorLOpt", "AdafactorLOptConfig", "AdafactorLOptState",
     "DEFAULT_LEARNING_RATES", "baseline_names", "make_baseline",
     "load", "load_theta", "read_header", "save",
     "MLPLOpt", "MLPLOptConfig", "MLPLOptState",
