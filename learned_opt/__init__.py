@@ -12,6 +12,7 @@ from learned_opt.adafactor_lopt import AdafactorLOpt, AdafactorLOptConfig, Adafa
 from learned_opt.base import (CheckpointError, LearnedOptError, LearnedOptimizer,
                               architectures, config_from_dict, config_to_dict, make, register)
 from learned_opt.baselines import DEFAULT_LEARNING_RATES, baseline_names, make_baseline
+from learned_opt.hybrid_lopt import HybridLOpt, HybridLOptConfig, HybridLOptState
 from learned_opt.checkpoint import load, load_theta, read_header, save
 from learned_opt.mlp_lopt import MLPLOpt, MLPLOptConfig, MLPLOptState
 from learned_opt.optax_adapter import LearnedOptaxState, as_optax
@@ -20,6 +21,7 @@ __all__ = [
     "CheckpointError", "LearnedOptError", "LearnedOptimizer", "architectures", "config_from_dict",
     "config_to_dict", "make", "register", "features", "dmd",
     "AdafactorLOpt", "AdafactorLOptConfig", "AdafactorLOptState",
+    "HybridLOpt", "HybridLOptConfig", "HybridLOptState",
     "DEFAULT_LEARNING_RATES", "baseline_names", "make_baseline",
     "load", "load_theta", "read_header", "save",
     "MLPLOpt", "MLPLOptConfig", "MLPLOptState",
