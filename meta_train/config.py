@@ -77,11 +77,22 @@ class TrainConfig:
         return TrainConfig.from_dict({**dataclasses.asdict(self), **overrides})
 
 
+DMD_ON = {"dmd_window": 8, "dmd_rank": 3}   # DMD features: last 8 gradients, rank 3
+
 NAMED_CONFIGS: dict[str, TrainConfig] = {
     "default": TrainConfig(
         outer_steps=2000, eval_every=250,
         description="Per-parameter MLP optimizer, PES on 2-layer MLPs (mixed activations, "
                     "init scales) on mnist1d; about 5 minutes on 2 CPU cores."),
+    **{f"{arch}{suffix}": TrainConfig(
+        outer_steps=2000, eval_every=250, architecture=arch, lopt_config=lc,
+        description=f"{label}{note}, PES on the default mnist1d MLP family (2000 outer steps).")
+       for arch, label in (("mlp", "Per-parameter MLP (LOLv2)"),
+                           ("lstm", "Coordinatewise LSTM (Andrychowicz et al.)"),
+                           ("rnn_mlp", "Per-tensor LSTM + per-parameter MLP hybrid"),
+                           ("adafactor_mlp", "Adafactor-MLP (small_fc_lopt, 39 features)"))
+       for suffix, lc, note in (("", {}, ""), ("_dmd", DMD_ON, " with DMD features"))
+       if (arch, suffix) != ("mlp", "")},
     "digits": TrainConfig(
         family="digits_mlp",
         description="As default, on scikit-learn digits (8x8)."),
