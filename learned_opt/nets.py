@@ -45,3 +45,34 @@ def apply_mlp(params: dict, x: jax.Array) -> jax.Array:
         if i < n_layers - 1:
             x = jax.nn.relu(x)
     return x
+
+
+def init_lstm(key: jax.Array, n_in: int, hidden: int, forget_bias: float = 1.0) -> dict:
+    """One LSTM layer ``{"wx" (n_in, 4H), "wh" (H, 4H), "b" (4H,)}``, gate order i, f, g, o.
+
+    ``wx ~ N(0, 1/n_in)``, ``wh ~ N(0, 1/H)``; biases zero except the forget gate's,
+    which is ``forget_bias`` (so cells start by remembering).
+    """
+    kx, kh = jax.random.split(key)
+    n_in, hidden = int(n_in), int(hidden)
+    b = jnp.zeros((4 * hidden,), jnp.float32).at[hidden:2 * hidden].set(forget_bias)
+    return {"wx": jax.random.normal(kx, (n_in, 4 * hidden), jnp.float32) / jnp.sqrt(n_in),
+            "wh": jax.random.normal(kh, (hidden, 4 * hidden), jnp.float32) / jnp.sqrt(hidden),
+            "b": b}
+
+
+def apply_lstm_cell(params: dict, x: jax.Array, h: jax.Array,
+                    c: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One LSTM step on a batch of rows ``x (..., n_in)``, ``h, c (..., H)``:
+
+        z = x wx + h wh + b;  i, f, g, o = split(z)
+        c' = sigmoid(f) c + sigmoid(i) tanh(g);   h' = sigmoid(o) tanh(c')
+
+    Returns ``(h', c')``.
+    """
+    dt = x.dtype
+    z = x @ params["wx"].astype(dt) + h @ params["wh"].astype(dt) + params["b"].astype(dt)
+    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+    c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
+    h = jax.nn.sigmoid(zo) * jnp.tanh(c)
+    return h, c
