@@ -101,7 +101,7 @@ def cmd_apply(args) -> int:
     task = tasks.get_task(args.task)
     key = jax.random.PRNGKey(args.seed)
     def run(tx):
-        return jax.jit(lambda k: ev.run_task(task, tx, k, args.steps))(key)
+        return jax.jit(lambda k: ev.run_task(task, tx, k, args.steps)[:2])(key)
 
     lo, lo_test = run(lopt.as_optax(theta))
     ad, ad_test = run(optax.adam(args.adam_lr))

@@ -3,7 +3,8 @@
 Everything is one jitted function per (optimizer, family, horizon): the run over
 tasks (and over a hyper-parameter such as Adam's learning rate) is vmapped, the
 steps are a ``lax.scan``. The learned optimizer goes through ``as_optax`` so the
-evaluation exercises the same path a user's training loop does.
+evaluation exercises the same path a user's training loop does; with ``guard=True`` it is
+wrapped in the loss guard (``learned_opt.loss_guard``) and the fallback rate is reported.
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from learned_opt.base import LearnedOptError
+from learned_opt.loss_guard import fallback_rate, find_guard_state
 
 PyTree = Any
 ADAM_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -26,39 +30,59 @@ def _final_split_loss(task, params, key):
     return jnp.mean(jax.vmap(lambda k: task.loss(params, k, task.sample_batch(k)))(keys))
 
 
-def run_task(task, tx, key, num_steps):
+def run_task(task, tx, key, num_steps, guard: bool = False):
     """Train ``task`` with optax ``tx`` (extra-args aware). Returns (train losses (num_steps,),
-    final test loss). The training loss at step t is measured on step t's batch before the update."""
+    final test loss, fallback rate). The training loss at step t is measured on step t's batch
+    before the update.
+
+    ``guard=True``: ``tx`` is a loss guard (``learned_opt.loss_guard.loss_guard`` / ``guarded``);
+    each step also samples a separate guard batch (from its own key) and passes
+    ``value_fn=lambda p: task.loss(p, k_loss, guard_batch)``; the fallback rate is the fraction of
+    steps that kept the fallback's candidate. Unguarded runs return NaN for it and use exactly the
+    same batches as before the guard existed."""
     tx = optax.with_extra_args_support(tx)
     k_init, k_run, k_eval = jax.random.split(key, 3)
     params = task.init(k_init)
+    opt_state = tx.init(params)
+    if guard and find_guard_state(opt_state) is None:
+        raise LearnedOptError("run_task(guard=True) needs a loss-guarded transformation: build it "
+                              "with learned_opt.loss_guard.loss_guard(tx, fallback) or guarded(lopt, theta)")
 
     def body(carry, k):
         params, opt_state = carry
         k_batch, k_loss = jax.random.split(k)
         batch = task.sample_batch(k_batch)
         loss, grads = jax.value_and_grad(task.loss)(params, k_loss, batch)
-        updates, opt_state = tx.update(grads, opt_state, params, value=loss)
+        if guard:
+            guard_batch = task.sample_batch(jax.random.fold_in(k, 1))
+            updates, opt_state = tx.update(grads, opt_state, params, value=loss,
+                                           value_fn=lambda p: task.loss(p, k_loss, guard_batch))
+        else:
+            updates, opt_state = tx.update(grads, opt_state, params, value=loss)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    (params, _), losses = jax.lax.scan(body, (params, tx.init(params)), jax.random.split(k_run, num_steps))
-    return losses, _final_split_loss(task, params, k_eval)
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state),
+                                               jax.random.split(k_run, num_steps))
+    rate = fallback_rate(opt_state) if guard else jnp.full((), jnp.nan, jnp.float32)
+    return losses, _final_split_loss(task, params, k_eval), rate
 
 
 def family_curves(family, cfgs, keys, make_tx: Callable[[Any], optax.GradientTransformation],
-                  hparams, num_steps: int, hparam_axis: int | None = None):
+                  hparams, num_steps: int, hparam_axis: int | None = None, guard: bool = False):
     """Curves for tasks ``family.task(cfgs[i])`` seeded by ``keys[i]``.
 
     With ``hparam_axis=0`` the leading axis of ``hparams`` is an extra vmapped axis
     (e.g. a learning-rate grid) and outputs have shape (num_hparams, num_tasks, ...).
+    Returns numpy (losses, test losses, fallback rates); ``guard`` as in :func:`run_task`
+    (the rates are NaN when unguarded).
     """
     def one(cfg, key, hp):
-        return run_task(family.task(cfg), make_tx(hp), key, num_steps)
+        return run_task(family.task(cfg), make_tx(hp), key, num_steps, guard=guard)
 
     over_tasks = jax.vmap(one, in_axes=(0, 0, None))
     fn = over_tasks if hparam_axis is None else jax.vmap(over_tasks, in_axes=(None, None, 0))
-    losses, test = jax.jit(fn)(cfgs, keys, hparams)
-    return np.asarray(losses), np.asarray(test)
+    losses, test, rate = jax.jit(fn)(cfgs, keys, hparams)
+    return np.asarray(losses), np.asarray(test), np.asarray(rate)
 
 
 def adam_tx(lr):

@@ -43,9 +43,9 @@ def compare_on_family(lopt, theta, family, num_tasks: int, num_steps: int, seed:
     """Run the learned optimizer, Adam at its default lr and Adam over the grid on
     held-out tasks. Returns a dict of numpy arrays and per-task rows."""
     cfgs, keys = held_out_cfgs(family, num_tasks, seed)
-    lo_curves, lo_test = ev.family_curves(family, cfgs, keys, lambda th: lopt.as_optax(th), theta, num_steps)
+    lo_curves, lo_test, _ = ev.family_curves(family, cfgs, keys, lambda th: lopt.as_optax(th), theta, num_steps)
     grid = np.asarray(ev.ADAM_LR_GRID, np.float32)
-    grid_curves, grid_test = ev.family_curves(family, cfgs, keys, ev.adam_tx, grid, num_steps, hparam_axis=0)
+    grid_curves, grid_test, _ = ev.family_curves(family, cfgs, keys, ev.adam_tx, grid, num_steps, hparam_axis=0)
     default_i = int(np.argmin(np.abs(grid - ev.DEFAULT_ADAM_LR)))
     finals = ev.final_loss(grid_curves)                      # (lrs, tasks)
     best = np.argmin(finals, axis=0)                         # tuned per task on final training loss

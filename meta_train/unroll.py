@@ -17,6 +17,11 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from learned_opt.base import LearnedOptError
+from learned_opt.loss_guard import loss_guard
+from learned_opt.optax_adapter import as_optax
 
 PyTree = Any
 NEVER_ENDING = 2**30
@@ -50,24 +55,38 @@ class LOptState(NamedTuple):
 
     cfg: PyTree        # the task's dynamic config (array pytree)
     params: PyTree     # the task's parameters
-    opt_state: PyTree  # the learned optimizer's state
+    opt_state: PyTree  # the learned optimizer's state (a LossGuardState when guarded)
 
 
 def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
-                             max_meta_loss: float = 10.0) -> Unroll:
+                             max_meta_loss: float = 10.0, guard=None) -> Unroll:
     """Training a learned optimizer on a task family, as an Unroll.
 
     Each episode samples a task cfg from ``family``, initialises its parameters,
     and each step takes one learned-optimizer step on a fresh training batch.
     The meta-loss term is the task's normalised training loss *before* the step
     (clipped at ``max_meta_loss``; NaN stays NaN so estimators can mask it).
+
+    ``guard``: None, or an optax fallback transformation (e.g. ``optax.adam(1e-3)``). Then
+    every inner step applies ``loss_guard(learned_opt.as_optax(lopt, theta), guard)`` with
+    the loss on a separate guard batch as ``value_fn`` (two extra loss evaluations per step),
+    and ``LOptState.opt_state`` holds the ``LossGuardState``. Without a guard the steps are
+    exactly those of ``lopt.opt_update`` (same keys and batches as before the guard existed).
     """
+    if guard is not None and not (hasattr(guard, "init") and hasattr(guard, "update")):
+        raise LearnedOptError(f"guard must be None or an optax transformation (the fallback), "
+                              f"got {guard!r}")
+
+    def guard_tx(theta):
+        return loss_guard(as_optax(lopt, theta), guard)
 
     def init(theta, key):
         k_cfg, k_init = jax.random.split(key)
         cfg = family.sample(k_cfg)
         task = family.task(cfg)
         params = task.init(k_init)
+        if guard is not None:
+            return LOptState(cfg, params, guard_tx(theta).init(params))
         return LOptState(cfg, params, lopt.opt_init(theta, params))
 
     def step(theta, state, key):
@@ -75,7 +94,14 @@ def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
         k_batch, k_loss, k_opt = jax.random.split(key, 3)
         batch = task.sample_batch(k_batch)
         loss, grads = jax.value_and_grad(task.loss)(state.params, k_loss, batch)
-        params, opt_state = lopt.opt_update(theta, state.opt_state, grads, state.params, loss, k_opt)
+        if guard is not None:
+            guard_batch = task.sample_batch(jax.random.fold_in(key, 1))
+            updates, opt_state = guard_tx(theta).update(
+                grads, state.opt_state, state.params, value=loss, key=k_opt,
+                value_fn=lambda p: task.loss(p, k_loss, guard_batch))
+            params = optax.apply_updates(state.params, updates)
+        else:
+            params, opt_state = lopt.opt_update(theta, state.opt_state, grads, state.params, loss, k_opt)
         meta_loss = task.normalizer(loss)
         meta_loss = jnp.where(jnp.isnan(meta_loss), meta_loss, jnp.minimum(meta_loss, max_meta_loss))
         return LOptState(state.cfg, params, opt_state), meta_loss
