@@ -14,6 +14,7 @@ from learned_opt.base import (CheckpointError, LearnedOptError, LearnedOptimizer
 from learned_opt.baselines import DEFAULT_LEARNING_RATES, baseline_names, make_baseline
 from learned_opt.hybrid_lopt import HybridLOpt, HybridLOptConfig, HybridLOptState
 from learned_opt.lstm_lopt import LSTMLOpt, LSTMLOptConfig, LSTMLOptState, preprocess_gradient
+from learned_opt.loss_guard import LossGuardState, fallback_rate, guarded, loss_guard
 from learned_opt.checkpoint import load, load_theta, read_header, save
 from learned_opt.mlp_lopt import MLPLOpt, MLPLOptConfig, MLPLOptState
 from learned_opt.optax_adapter import LearnedOptaxState, as_optax
@@ -23,6 +24,7 @@ __all__ = [
     "config_to_dict", "make", "register", "features", "dmd",
     "AdafactorLOpt", "AdafactorLOptConfig", "AdafactorLOptState",
     "HybridLOpt", "HybridLOptConfig", "HybridLOptState",
+    "LossGuardState", "fallback_rate", "guarded", "loss_guard",
     "LSTMLOpt", "LSTMLOptConfig", "LSTMLOptState", "preprocess_gradient",
     "DEFAULT_LEARNING_RATES", "baseline_names", "make_baseline",
     "load", "load_theta", "read_header", "save",

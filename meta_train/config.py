@@ -25,6 +25,10 @@ class TrainConfig:
     max_episode_length: int = 400
     sigma: float = 0.01
     loss_clip: float | None = None
+    # Loss guard during meta-training: > 0 runs every inner step through the LGL2O guard with
+    # Adam(guard_lr) as fallback (0 = off). The guard only helps meta-training when the learned
+    # optimizer sometimes wins: if the fallback wins every step, the PES gradient is 0.
+    guard_lr: float = 0.0
     # Outer loop.
     meta_optimizer: str = "adam"
     meta_lr: float = 3e-3
@@ -47,6 +51,7 @@ class TrainConfig:
              "need 1 <= min_episode_length <= max_episode_length"),
             (self.sigma > 0, "sigma must be > 0"),
             (self.meta_lr > 0, "meta_lr must be > 0"),
+            (self.guard_lr >= 0, "guard_lr must be >= 0 (0 = no loss guard)"),
             (self.grad_clip > 0, "grad_clip must be > 0"),
             (self.outer_steps >= 0, "outer_steps must be >= 0"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),

@@ -24,10 +24,11 @@ class TrainState(NamedTuple):
     key: jax.Array             # raw uint32 PRNG key
 
 
-def evaluate_trajectories(lopt, family, theta, keys, num_steps):
+def evaluate_trajectories(lopt, family, theta, keys, num_steps, guard=None):
     """Train one task per key with ``theta`` for ``num_steps``; returns normalised
-    training losses, shape (len(keys), num_steps). Vmapped over tasks, scanned over steps."""
-    unroll = learned_optimizer_unroll(lopt, family)
+    training losses, shape (len(keys), num_steps). Vmapped over tasks, scanned over steps.
+    ``guard``: None or an optax fallback for the loss guard (see learned_optimizer_unroll)."""
+    unroll = learned_optimizer_unroll(lopt, family, guard=guard)
 
     def one(key):
         k_init, k_run = jax.random.split(key)
@@ -46,8 +47,10 @@ class MetaTrainer:
         self.config = config
         self.family = tasks.get_family(config.family, **config.family_kwargs)
         self.lopt = learned_opt.make(config.architecture, config.lopt_config)
+        self.guard = optax.adam(config.guard_lr) if config.guard_lr > 0 else None
         self.unroll = learned_optimizer_unroll(
-            self.lopt, self.family, (config.min_episode_length, config.max_episode_length))
+            self.lopt, self.family, (config.min_episode_length, config.max_episode_length),
+            guard=self.guard)
         self.estimator = PES(self.unroll, num_pairs=config.num_pairs,
                              truncation_length=config.truncation_length,
                              sigma=config.sigma, loss_clip=config.loss_clip)
@@ -82,5 +85,5 @@ class MetaTrainer:
     def _evaluate(self, theta):
         """Mean normalised training loss over ``eval_steps`` on fixed held-out tasks."""
         losses = evaluate_trajectories(self.lopt, self.family, theta, self.eval_keys(),
-                                       self.config.eval_steps)
+                                       self.config.eval_steps, guard=self.guard)
         return {"eval_mean_loss": jnp.mean(losses), "eval_final_loss": jnp.mean(losses[:, -1])}

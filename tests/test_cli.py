@@ -39,18 +39,34 @@ def smoke_run(tmp_path_factory):
 
 def test_train_apply_report_end_to_end(smoke_run, tmp_path):
     for f in ("config.json", "metrics.jsonl", "train_state.npz", "optimizer.npz",
-              "meta_training.png", "report/report.md", "report/curves_all.png"):
+              "meta_training.png", "report/report.md", "report/suite_in_distribution.png",
+              "report/suite_long_horizon.png", "report/suite_ood_dataset.png"):
         assert (smoke_run / f).exists(), f
     rc, so, se, _ = lopt("apply", str(smoke_run / "optimizer.npz"), "--task", "quadratic_10d",
                          "--steps", "30", "--out", str(tmp_path / "apply"))
     assert rc == 0, se
     assert (tmp_path / "apply" / "curves.png").exists()
     assert "final training loss" in so
-    rc, so, se, _ = lopt("report", str(smoke_run / "optimizer.npz"), "--num-tasks", "2", "--steps", "20",
-                         "--out", str(tmp_path / "rep"))
+    rc, so, se, _ = lopt("apply", str(smoke_run / "optimizer.npz"), "--task", "quadratic_10d",
+                         "--steps", "30", "--guard", "--out", str(tmp_path / "apply_g"))
+    assert rc == 0, se
+    assert "fell back to Adam on" in so
+    # two checkpoints side by side (the same file twice gets distinct labels)
+    ck = str(smoke_run / "optimizer.npz")
+    rc, so, se, _ = lopt("report", ck, ck, "--num-tasks", "2", "--steps", "20", "--long-factor", "2",
+                         "--ood-tasks", "2", "--out", str(tmp_path / "rep"), "--no-progress")
     assert rc == 0, se
     text = (tmp_path / "rep" / "report.md").read_text()
-    assert "| task |" in text and "Adam" in text
+    for needle in ("| task |", "Adam tuned", "mlp +guard", "Suite `in_distribution`",
+                   "Suite `long_horizon`", "40 steps", "Suite `ood_dataset`", "fallback rate"):
+        assert needle in text, needle
+    import json
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    rows = {r["optimizer"]: r for r in rep["summary"]["in_distribution"]}
+    assert rows["Adam tuned"]["median_ratio"] == 1.0 and rows["Adam tuned"]["fallback_rate"] is None
+    assert len(rows) == 2 + 2 * 2 and 0.0 <= rows["mlp +guard"]["fallback_rate"] <= 1.0
+    # the guard's guarantee per task: never worse than tuned Adam by much on these quadratics
+    assert rows["mlp +guard"]["worst_ratio"] < 1.5, rows["mlp +guard"]
 
 
 def test_help_lists_subcommands():

@@ -1,0 +1,77 @@
+"""Per-step cost of every learned-optimizer architecture, with and without DMD features and
+with and without the loss guard, relative to Adam on the same model, in one process.
+
+    python benchmarks/step_cost.py [--task mnist1d_mlp_relu] [--steps 300] [--repeats 3]
+
+Each figure is one jitted ``lax.scan`` of ``--steps`` training steps (forward, backward and
+the optimizer, through the optax adapter), best of ``--repeats``, divided by the step count.
+SGD is shown as the floor (forward + backward + a trivial update). The learned optimizers
+use freshly initialised meta-parameters: cost does not depend on their values.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import optax  # noqa: E402
+
+import learned_opt  # noqa: E402
+import tasks  # noqa: E402
+from learned_opt.loss_guard import guarded  # noqa: E402
+from meta_train import evaluate as ev  # noqa: E402
+
+DMD = {"dmd_window": 8, "dmd_rank": 3}
+
+
+def best_time(fn, repeats):
+    fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return min(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="mnist1d_mlp_relu", help="named task (see `lopt tasks`)")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--archs", nargs="*", default=None, help="architectures (default: all registered)")
+    args = ap.parse_args()
+
+    task = tasks.get_task(args.task)
+    key = jax.random.PRNGKey(0)
+    n_params = sum(x.size for x in jax.tree.leaves(task.init(key)))
+    n = args.steps
+
+    def time_tx(tx, guard=False):
+        run = jax.jit(lambda k: ev.run_task(task, tx, k, n, guard=guard)[0])
+        return best_time(lambda: jax.block_until_ready(run(key)), args.repeats) / n
+
+    print(f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}); task {args.task} "
+          f"({n_params} parameters, {len(jax.tree.leaves(task.init(key)))} tensors); {n} steps per timing")
+    t_adam = time_tx(optax.adam(1e-3))
+    t_sgd = time_tx(optax.sgd(1e-2))
+    rows = [("Adam", t_adam), ("SGD (forward+backward floor)", t_sgd)]
+    for arch in args.archs or sorted(learned_opt.architectures()):
+        for dmd_on in (False, True):
+            lopt = learned_opt.make(arch, DMD if dmd_on else {})
+            theta = lopt.init(jax.random.PRNGKey(1))
+            name = arch + (" +DMD" if dmd_on else "")
+            rows.append((name, time_tx(lopt.as_optax(theta))))
+            rows.append((name + " +guard", time_tx(guarded(lopt, theta), guard=True)))
+            print(f"  measured {name}", file=sys.stderr, flush=True)
+    print(f"\n| optimizer | us / step | x Adam |\n|---|---|---|")
+    for name, t in rows:
+        print(f"| {name} | {1e6 * t:.1f} | {t / t_adam:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
