@@ -21,3 +21,26 @@ def test_meta_training_lowers_quadratic_meta_loss():
     assert after < before - 0.1, (before, after)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.theta))
 
+
+
+def test_meta_training_through_the_loss_guard_runs():
+    """guard_lr > 0: inner steps go through LGL2O with an Adam fallback; PES still estimates."""
+    # A weak fallback (Adam 1e-5) so the learned optimizer wins some steps: if the fallback won
+    # every step the trajectory would not depend on theta and the PES gradient would be 0.
+    cfg = get_config("smoke").replace(guard_lr=1e-5, lopt_config={"output_init_scale": 1.0},
+                                      outer_steps=3)
+    tr = MetaTrainer(cfg)
+    state = tr.init()
+    assert tr.guard is not None
+    assert type(state.est_state.inner.opt_state).__name__ == "LossGuardState"
+    norms = []
+    for _ in range(cfg.outer_steps):
+        state, metrics = tr.outer_step(state)
+        norms.append(float(metrics["grad_norm"]))
+        assert np.isfinite(float(metrics["meta_loss"]))
+    assert all(np.isfinite(norms)), norms
+    gs = state.est_state.inner.opt_state
+    # every particle's guard counted exactly the steps of its current episode
+    np.testing.assert_array_equal(np.asarray(gs.steps), np.concatenate([state.est_state.t] * 2))
+    assert np.all(np.asarray(gs.fallbacks) <= np.asarray(gs.steps))
+    assert np.isfinite(float(tr.evaluate(state.theta)["eval_mean_loss"]))
