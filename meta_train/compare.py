@@ -68,12 +68,16 @@ def suites_for(train_config: dict, num_tasks: int = 8, num_steps: int | None = N
                long_factor: int = 5, ood_tasks: int = 4) -> list[Suite]:
     fam_name = train_config["family"]
     family = tasks.get_family(fam_name, **train_config.get("family_kwargs", {}))
-    H = int(num_steps or train_config.get("max_episode_length", 400))
+    longest = int(train_config.get("max_episode_length", 400))
+    H = int(num_steps or longest)
+    episodes = (f"meta-training episodes were {train_config.get('min_episode_length', '?')}-{longest} "
+                f"steps")
     out = [Suite("in_distribution", f"{num_tasks} unseen tasks of the meta-training family "
-                 f"`{fam_name}`, {H} steps (the meta-training horizon)", family, num_tasks, H)]
+                 f"`{fam_name}`, {H} steps ({episodes})", family, num_tasks, H)]
     if long_factor > 1:
         out.append(Suite("long_horizon", f"the same tasks for {long_factor * H} steps "
-                         f"({long_factor}x the meta-training horizon)", family, num_tasks, long_factor * H))
+                         f"({long_factor * H / longest:.1f}x the longest meta-training episode)",
+                         family, num_tasks, long_factor * H))
     for name, desc, other, kwargs in OOD_FAMILIES.get(fam_name, []):
         if ood_tasks > 0:
             out.append(Suite(name, f"{ood_tasks} tasks of {desc}, {H} steps",
