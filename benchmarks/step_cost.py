@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,19 +22,10 @@ import optax  # noqa: E402
 import learned_opt  # noqa: E402
 import tasks  # noqa: E402
 from learned_opt.loss_guard import guarded  # noqa: E402
+from benchmarks.throughput import best_time  # noqa: E402
 from meta_train import evaluate as ev  # noqa: E402
 
 DMD = {"dmd_window": 8, "dmd_rank": 3}
-
-
-def best_time(fn, repeats):
-    fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
 
 
 def main():
