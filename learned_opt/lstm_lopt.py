@@ -21,7 +21,11 @@ i, f, g, o; forget-gate bias ``forget_bias`` at init) and a linear head hidden -
     p_i  <- p_i - output_scale * out_i
 
 (the paper writes ``theta <- theta + g_t`` with ``g_t = c * out``; the sign is absorbed
-by the learned head). All coordinates of all tensors (N in total) are concatenated
+by the learned head). The default ``output_scale`` is 0.1, not the paper's MNIST value
+0.01: with 0.01 the steps are too short for this project's meta-training horizons
+(quadratic family, PES, meta_lr 3e-3, measured: eval meta-loss 1.019 -> 0.806 after 100
+outer steps and 0.508 after 300, against 1.034 -> 0.224 and 0.150 with 0.1). Pass
+``output_scale=0.01`` for the paper's setting. All coordinates of all tensors (N in total) are concatenated
 into one ``(N, num_inputs)`` array and go through ONE batched call per layer per step;
 the outputs are split back into the tensors. The head is initialised with
 ``w_out ~ N(0, output_init_scale^2 / hidden_size)``, ``b_out = 0``, so an untrained
@@ -84,7 +88,7 @@ class LSTMLOptConfig:
     hidden_size: int = 20
     num_layers: int = 2
     preprocess_p: float = 10.0
-    output_scale: float = 0.1        # c in p <- p - c * out
+    output_scale: float = 0.1        # c in p <- p - c * out (paper: 0.01; see docstring)
     output_init_scale: float = 0.01  # head weights ~ N(0, s^2 / hidden_size) at init
     forget_bias: float = 1.0
     dmd_window: int = 0              # gradient snapshots for DMD features (0 = off)
