@@ -7,7 +7,6 @@ between layers, so one call handles every parameter of a tensor at once.
 from __future__ import annotations
 
 import functools
-import functools
 from typing import Sequence
 
 import jax
