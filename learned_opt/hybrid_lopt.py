@@ -70,7 +70,7 @@ from learned_opt import dmd
 from learned_opt import features as F
 from learned_opt.base import LearnedOptError, LearnedOptimizer, register
 from learned_opt.mlp_lopt import lolv2_features
-from learned_opt.nets import apply_mlp, init_mlp
+from learned_opt.nets import apply_lstm_cell, apply_mlp, init_lstm, init_mlp
 
 PyTree = Any
 
@@ -206,23 +206,6 @@ def loss_statistics(loss: jax.Array, iteration: jax.Array, stats: LossStats,
 
 
 # ------------------------------------------------------------------ the LSTM
-def _init_lstm(key, n_in: int, hidden: int, forget_bias: float) -> dict:
-    kx, kh = jax.random.split(key)
-    b = jnp.zeros((4 * hidden,), jnp.float32).at[hidden:2 * hidden].set(forget_bias)
-    return {"wx": jax.random.normal(kx, (n_in, 4 * hidden), jnp.float32) / math.sqrt(n_in),
-            "wh": jax.random.normal(kh, (hidden, 4 * hidden), jnp.float32) / math.sqrt(hidden),
-            "b": b}
-
-
-def _lstm_cell(params: dict, x: jax.Array, state: LSTMState) -> LSTMState:
-    """One LSTM step on a batch of rows (gate order i, f, g, o)."""
-    z = x @ params["wx"] + state.h @ params["wh"] + params["b"]
-    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
-    c = jax.nn.sigmoid(zf) * state.c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
-    h = jax.nn.sigmoid(zo) * jnp.tanh(c)
-    return LSTMState(h, c)
-
-
 def _init_head(key, n_in: int, n_out: int, scale: float) -> dict:
     return {"w": scale / math.sqrt(n_in) * jax.random.normal(key, (n_in, n_out), jnp.float32),
             "b": jnp.zeros((n_out,), jnp.float32)}
@@ -233,7 +216,7 @@ def _init_theta(cfg: HybridLOptConfig, key: jax.Array) -> dict:
     k_lstm, k_ctx, k_lr, k_mlp = jax.random.split(key, 4)
     H = cfg.lstm_hidden
     return {
-        "lstm": _init_lstm(k_lstm, cfg.num_lstm_inputs, H, cfg.forget_bias),
+        "lstm": init_lstm(k_lstm, cfg.num_lstm_inputs, H, cfg.forget_bias),
         "context_head": _init_head(k_ctx, H, cfg.context_dim, cfg.context_init_scale),
         "lr_head": _init_head(k_lr, H, 1, cfg.lr_init_scale),
         "mlp": init_mlp(k_mlp, (cfg.num_inputs, *cfg.hidden_sizes, 2), cfg.output_init_scale),
@@ -282,7 +265,8 @@ class HybridLOpt(LearnedOptimizer):
 
     def tensor_net(self, theta, stats: jax.Array, lstm_state: LSTMState):
         """One batched LSTM step for all tensors: ``(new LSTMState, context (T, C), s (T,))``."""
-        new = _lstm_cell(theta["lstm"], self.lstm_inputs(stats, lstm_state), lstm_state)
+        new = LSTMState(*apply_lstm_cell(theta["lstm"], self.lstm_inputs(stats, lstm_state),
+                                          lstm_state.h, lstm_state.c))
         ctx = new.h @ theta["context_head"]["w"] + theta["context_head"]["b"]
         log_s = (new.h @ theta["lr_head"]["w"] + theta["lr_head"]["b"])[:, 0]
         return new, ctx, jnp.exp(self.config.lr_mult * log_s)
