@@ -16,6 +16,7 @@ import numpy as np
 
 import tasks
 from meta_train import compare as cmp
+from meta_train.evaluate import ADAM_LR_GRID, final_loss
 from meta_train.plots import plot_suite
 from meta_train.run import read_metrics
 from meta_train.state_io import atomic_write_bytes
@@ -109,7 +110,6 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
         res = cmp.run_suite(suite, entries, guard=guard, progress=progress)
         rows = cmp.summarize_suite(res)
         png = f"suite_{suite.name}.png"
-        from meta_train.evaluate import final_loss
         plot_suite(res["curves"], final_loss(res["curves"][cmp.ADAM_TUNED]), os.path.join(out_dir, png),
                    suite.description[:90], window=max(1, suite.num_steps // 50))
         results.append((res, rows, png))
@@ -122,7 +122,7 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
              "**Final loss** is the mean training loss over the last 5% of steps; the tables give it "
              "divided by tuned Adam's on the same task (below 1 = better than tuned Adam). Adam is tuned "
              "per task over learning rates "
-             f"{list(cmp.ev.ADAM_LR_GRID)} on the final training loss. `+guard` is the loss-guarded "
+             f"{list(ADAM_LR_GRID)} on the final training loss. `+guard` is the loss-guarded "
              "version (LGL2O): each step both the learned optimizer and Adam at the task's tuned learning "
              "rate propose parameters, their losses are compared on a fresh guard batch and the lower is "
              "kept; the fallback rate is the fraction of steps that took Adam's proposal. The guard costs "
