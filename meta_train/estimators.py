@@ -47,6 +47,17 @@ class PESState(NamedTuple):
 
 
 class GradientEstimator:
+    """init(theta, key) -> state; estimate(theta, state, key) -> (grad, state, metrics).
+
+    ``constrain`` is applied inside ``estimate`` to every tree whose leaves carry the
+    population on axis 0 (perturbed thetas, inner states). It is the identity here; the
+    trainer replaces it with a sharding constraint to spread the population over devices.
+    """
+
+    @staticmethod
+    def constrain(tree):
+        return tree
+
     def init(self, theta, key):
         raise NotImplementedError
 
@@ -115,8 +126,9 @@ class PES(GradientEstimator):
             self.sigma * jax.random.normal(k, (self.M,) + jnp.shape(x), jnp.result_type(x))
             for k, x in zip(eps_keys, leaves)])
         thetas = jax.tree.map(lambda th, e: jnp.concatenate([th + e, th - e], axis=0), theta, eps)
+        thetas, inner = self.constrain((thetas, state.inner))
 
-        inner, losses = self.unroll_truncation(thetas, state.inner, k_steps)
+        inner, losses = self.unroll_truncation(thetas, inner, k_steps)
         L = jnp.mean(losses, axis=0)
         L_pos, L_neg = L[:self.M], L[self.M:]
         accum = jax.tree.map(jnp.add, state.accum, eps)
@@ -146,3 +158,9 @@ class PES(GradientEstimator):
             "episodes_ended": jnp.sum(done),
         }
         return grad, PESState(inner, accum, t, T), metrics
+
+
+def make_estimator(config, unroll: Unroll) -> GradientEstimator:
+    """The outer estimator a TrainConfig names, over ``unroll``."""
+    return PES(unroll, num_pairs=config.num_pairs, truncation_length=config.truncation_length,
+               sigma=config.sigma, loss_clip=config.loss_clip)

@@ -10,7 +10,7 @@ import optax
 import learned_opt
 import tasks
 from meta_train.config import TrainConfig
-from meta_train.estimators import PES
+from meta_train.estimators import make_estimator
 from meta_train.unroll import learned_optimizer_unroll
 
 PyTree = Any
@@ -51,9 +51,7 @@ class MetaTrainer:
         self.unroll = learned_optimizer_unroll(
             self.lopt, self.family, (config.min_episode_length, config.max_episode_length),
             guard=self.guard)
-        self.estimator = PES(self.unroll, num_pairs=config.num_pairs,
-                             truncation_length=config.truncation_length,
-                             sigma=config.sigma, loss_clip=config.loss_clip)
+        self.estimator = make_estimator(config, self.unroll)
         base = optax.adam(config.meta_lr) if config.meta_optimizer == "adam" else optax.sgd(config.meta_lr)
         self.meta_opt = optax.chain(optax.clip_by_global_norm(config.grad_clip), base)
         self.outer_step = jax.jit(self._outer_step)
