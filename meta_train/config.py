@@ -7,6 +7,9 @@ import json
 from typing import Any
 
 
+ESTIMATOR_NAMES = ("pes", "tes", "full_es", "tbptt")
+
+
 class ConfigError(ValueError):
     """A user-caused problem with a meta-training config (unknown name or key, bad value)."""
 
@@ -18,13 +21,18 @@ class TrainConfig:
     family_kwargs: dict = dataclasses.field(default_factory=dict)
     architecture: str = "mlp"                        # learned_opt architecture name
     lopt_config: dict = dataclasses.field(default_factory=dict)
-    # PES.
+    # Outer estimator: "pes" (default), "tes" (truncated ES), "full_es" (whole episodes)
+    # or "tbptt" (truncated backprop); see meta_train/estimators.py.
+    estimator: str = "pes"
     num_pairs: int = 4                               # population = 2 * num_pairs particles
     truncation_length: int = 20                      # K inner steps per outer step
     min_episode_length: int = 100
     max_episode_length: int = 400
-    sigma: float = 0.01
-    loss_clip: float | None = None
+    sigma: float = 0.01                              # ES perturbation std
+    antithetic: bool = True                          # ES: +-eps pairs (else independent eps)
+    loss_clip: float | None = None                   # ES: clip loss differences to [-c, c]
+    sign_delta: float | None = None                  # ES: use c * sign(loss difference)
+    full_es_loss: str = "mean"                       # full_es: episode "mean" or "last" loss
     # Loss guard during meta-training: > 0 runs every inner step through the LGL2O guard with
     # Adam(guard_lr) as fallback (0 = off). The guard only helps meta-training when the learned
     # optimizer sometimes wins: if the fallback wins every step, the PES gradient is 0.
@@ -49,7 +57,12 @@ class TrainConfig:
             (self.truncation_length >= 1, "truncation_length must be >= 1"),
             (1 <= self.min_episode_length <= self.max_episode_length,
              "need 1 <= min_episode_length <= max_episode_length"),
+            (self.estimator in ESTIMATOR_NAMES,
+             f"unknown estimator {self.estimator!r}; known: {list(ESTIMATOR_NAMES)}"),
             (self.sigma > 0, "sigma must be > 0"),
+            (self.loss_clip is None or self.loss_clip > 0, "loss_clip must be > 0 or null"),
+            (self.sign_delta is None or self.sign_delta > 0, "sign_delta must be > 0 or null"),
+            (self.full_es_loss in ("mean", "last"), "full_es_loss must be 'mean' or 'last'"),
             (self.meta_lr > 0, "meta_lr must be > 0"),
             (self.guard_lr >= 0, "guard_lr must be >= 0 (0 = no loss guard)"),
             (self.grad_clip > 0, "grad_clip must be > 0"),

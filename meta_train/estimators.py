@@ -4,15 +4,38 @@ Interface (DESIGN.md):
     init(theta, key) -> est_state
     estimate(theta, est_state, key) -> (grad, est_state, metrics)
 
-PES (Vicol et al. 2021). M antithetic pairs; pair i keeps an inner state per
-sign and one accumulator xi_i (zero at episode start). Per truncation of K steps:
-    eps_i ~ N(0, sigma^2 I);  unroll K steps with theta + eps_i and theta - eps_i
-    (shared data and keys);  xi_i <- xi_i + eps_i;
-    g = sum_i (L+_i - L-_i) xi_i / (2 M sigma^2)
-where L+-_i is the mean meta-loss over the truncation. A pair whose episode
-ends (t >= T) has its inner states and xi reset *between* truncations.
-Summed over an episode, E[g] is the gradient of the Gaussian-smoothed
-episode objective sum_truncations mean_k L.
+Every leaf of an estimator state with ndim >= 1 carries the population on axis 0, so
+the trainer can shard it over devices. Particles come in M groups of two that share
+data and keys ("pairs"); with ``antithetic=True`` a pair is theta + eps and theta - eps.
+
+PES (Vicol et al. 2021). Each particle keeps its inner state and an accumulator xi
+(zero at episode start). Per truncation of K steps, eps ~ N(0, sigma^2 I), unroll K
+steps with the perturbed theta, xi <- xi + eps and
+    antithetic:  g = sum_i (L+_i - L-_i) xi_i / (2 M sigma^2)
+    otherwise:   g = sum_j (L_j - b_j) xi_j / (N sigma^2),  b_j = mean of the others' L
+where L is the particle's mean meta-loss over the truncation. Summed over an episode,
+E[g] is the gradient of the Gaussian-smoothed episode objective sum_truncations mean_k L:
+unbiased whatever K is.
+
+Truncated ES. One shared inner state per pair, advanced with the unperturbed theta
+(a third particle per pair, whose loss is the baseline b when not antithetic). The
+perturbation only acts inside the truncation, so E[g] is the gradient of the truncated
+objective with the starting state held fixed: biased, and for short K the bias can
+flip the gradient's sign (a parameter whose effect on the loss shows up late).
+
+Full ES. Every estimate runs whole fresh episodes of the perturbed thetas (init
+included) and uses their loss, the episode mean or the last step's: unbiased, exact
+in expectation, but one estimate costs a whole episode per particle.
+
+Truncated BPTT. N particles with persistent inner states; g is the mean over particles
+of d/dtheta (mean loss over the truncation) by backpropagation through the K steps,
+with the starting state held fixed: as biased as truncated ES, zero variance from
+perturbations, needs a differentiable step.
+
+Options shared by the ES estimators: ``loss_clip`` clips each loss difference to
+[-c, c]; ``sign_delta`` replaces it by sign_delta * sign(difference). A pair (or
+particle) with a non-finite loss or gradient is left out of the average, counted in
+``metrics["nonfinite_particles"]`` and, for persistent estimators, reset.
 """
 from __future__ import annotations
 
@@ -21,9 +44,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from meta_train.config import ESTIMATOR_NAMES
 from meta_train.unroll import Unroll
 
 PyTree = Any
+
+
+class EstimatorError(ValueError):
+    """An invalid estimator choice or option."""
 
 
 def _tree_where(mask, a, b):
@@ -34,16 +62,29 @@ def _tree_where(mask, a, b):
     return jax.tree.map(sel, a, b)
 
 
-def _twice(tree):
-    """Stack a pair-indexed tree twice along axis 0: (M, ...) -> (2M, ...)."""
-    return jax.tree.map(lambda x: jnp.concatenate([x, x], axis=0), tree)
+def _tile(tree, n):
+    """Stack a group-indexed tree n times along axis 0: (M, ...) -> (n M, ...)."""
+    return jax.tree.map(lambda x: jnp.concatenate([x] * n, axis=0), tree)
 
 
-class PESState(NamedTuple):
-    inner: PyTree        # inner states, leading axis 2M: [+ particles, - particles]
-    accum: PyTree        # xi per pair, theta-shaped with leading axis M
-    t: jax.Array         # (M,) int32 steps done in the current episode
-    T: jax.Array         # (M,) int32 episode length (multiple of K)
+def _finite_tree(tree):
+    """(n,) True where every leaf's row is finite (leaves with leading axis n)."""
+    oks = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1) for x in jax.tree.leaves(tree)]
+    return jnp.stack(oks).all(axis=0)
+
+
+def _normal_like(theta, key, n, sigma):
+    """n draws of N(0, sigma^2) for every leaf of theta, stacked on axis 0."""
+    leaves, treedef = jax.tree.flatten(theta)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [
+        sigma * jax.random.normal(k, (n,) + jnp.shape(x), jnp.result_type(x))
+        for k, x in zip(keys, leaves)])
+
+
+def _mean_finite(x):
+    ok = jnp.isfinite(x)
+    return jnp.sum(jnp.where(ok, x, 0.0)) / jnp.maximum(jnp.sum(ok), 1)
 
 
 class GradientEstimator:
@@ -58,6 +99,9 @@ class GradientEstimator:
     def constrain(tree):
         return tree
 
+    #: inner steps one estimate runs, over all particles (for throughput figures)
+    inner_steps_per_estimate: int = 0
+
     def init(self, theta, key):
         raise NotImplementedError
 
@@ -65,102 +109,326 @@ class GradientEstimator:
         raise NotImplementedError
 
 
-class PES(GradientEstimator):
-    """Persistent Evolution Strategies with antithetic pairs.
+class _Truncated(GradientEstimator):
+    """Episode bookkeeping for estimators that keep inner states across truncations:
+    n groups, each with a step counter t and an episode length T (a multiple of K)."""
 
-    num_pairs: M (the population is 2M particles); truncation_length: K;
-    sigma: perturbation std; loss_clip: |L+ - L-| is clipped to this (None: off).
-    """
-
-    def __init__(self, unroll: Unroll, num_pairs: int = 4, truncation_length: int = 20,
-                 sigma: float = 0.01, loss_clip: float | None = None,
-                 stagger: bool = True):
+    def __init__(self, unroll: Unroll, truncation_length: int, stagger: bool):
+        if truncation_length < 1:
+            raise EstimatorError(f"truncation_length must be >= 1, got {truncation_length}")
         self.unroll = unroll
-        self.M = int(num_pairs)
         self.K = int(truncation_length)
-        self.sigma = float(sigma)
-        self.loss_clip = loss_clip
         self.stagger = stagger
 
-    # -- episode bookkeeping ------------------------------------------------
-    def _episode_lengths(self, key):
-        """Per-pair episode lengths rounded up to a positive multiple of K."""
-        raw = jax.vmap(self.unroll.sample_episode_length)(jax.random.split(key, self.M))
+    def _episode_lengths(self, key, n):
+        raw = jax.vmap(self.unroll.sample_episode_length)(jax.random.split(key, n))
         n_trunc = jnp.maximum(1, -(-raw // self.K))
         return (n_trunc * self.K).astype(jnp.int32)
 
-    def _fresh_inner(self, theta, key):
-        inner = jax.vmap(self.unroll.init, in_axes=(None, 0))(theta, jax.random.split(key, self.M))
-        return _twice(inner)
+    def _start_counters(self, key, n):
+        """t = 0 and T; with stagger the first episode is cut to a uniform number of whole
+        truncations in [1, T/K], so that groups do not all reset at the same outer step."""
+        k_len, k_stag = jax.random.split(key)
+        T = self._episode_lengths(k_len, n)
+        if self.stagger:
+            T = (jax.random.randint(k_stag, (n,), 1, T // self.K + 1) * self.K).astype(jnp.int32)
+        return jnp.zeros((n,), jnp.int32), T
+
+    def _fresh_inner(self, theta, key, n):
+        return jax.vmap(self.unroll.init, in_axes=(None, 0))(theta, jax.random.split(key, n))
+
+    def _step_keys(self, key, n, copies):
+        """(K, copies * n) keys: group g's key repeated at g, g + n, ... (shared data)."""
+        keys = jax.random.split(key, (self.K, n))
+        return jnp.concatenate([keys] * copies, axis=1)
+
+    def _scan(self, thetas, inner, keys):
+        """K steps of every particle. Returns (inner, losses (K, particles))."""
+        def body(inner, step_keys):
+            return jax.vmap(self.unroll.step)(thetas, inner, step_keys)
+        return jax.lax.scan(body, inner, keys)
+
+    def _advance(self, t, T, ok, key):
+        """After a truncation: which groups end their episode (or failed), new t and T."""
+        t = t + self.K
+        done = (t >= T) | ~ok
+        T = jnp.where(done, self._episode_lengths(key, t.shape[0]), T)
+        return done, jnp.where(done, 0, t), T
+
+
+class _ESOptions:
+    """Perturbations and the ES combination rule shared by PES, truncated ES and full ES."""
+
+    def _set_es_options(self, num_pairs, sigma, antithetic, loss_clip, sign_delta):
+        if num_pairs < 1:
+            raise EstimatorError(f"num_pairs must be >= 1, got {num_pairs}")
+        if not sigma > 0:
+            raise EstimatorError(f"sigma must be > 0, got {sigma}")
+        if loss_clip is not None and not loss_clip > 0:
+            raise EstimatorError(f"loss_clip must be > 0 or None, got {loss_clip}")
+        if sign_delta is not None and not sign_delta > 0:
+            raise EstimatorError(f"sign_delta must be > 0 or None, got {sign_delta}")
+        self.M = int(num_pairs)
+        self.sigma = float(sigma)
+        self.antithetic = bool(antithetic)
+        self.loss_clip = loss_clip
+        self.sign_delta = sign_delta
+
+    @property
+    def num_directions(self):
+        """Independent perturbations per estimate: M (antithetic pairs) or 2M."""
+        return self.M if self.antithetic else 2 * self.M
+
+    def _perturb(self, theta, key):
+        """(eps with leading num_directions, thetas with leading 2M)."""
+        eps = _normal_like(theta, key, self.num_directions, self.sigma)
+        if self.antithetic:
+            thetas = jax.tree.map(lambda th, e: jnp.concatenate([th + e, th - e], axis=0), theta, eps)
+        else:
+            thetas = jax.tree.map(lambda th, e: th + e, theta, eps)
+        return eps, thetas
+
+    def _shape_delta(self, d):
+        if self.loss_clip is not None:
+            d = jnp.clip(d, -self.loss_clip, self.loss_clip)
+        if self.sign_delta is not None:
+            d = self.sign_delta * jnp.sign(d)
+        return d
+
+    def _combine(self, L, directions, pair_ok, baseline=None):
+        """ES gradient from particle losses L (2M,) and directions (num_directions, ...).
+
+        Pairs with pair_ok False are left out. Without antithetic sampling each particle's
+        loss is compared with ``baseline`` (2M,) or, when None, the leave-one-out mean."""
+        M = self.M
+        if self.antithetic:
+            d = jnp.where(pair_ok, L[:M] - L[M:], 0.0)
+            n_ok = jnp.sum(pair_ok)
+            denom = 2.0 * jnp.maximum(n_ok, 1) * self.sigma ** 2
+        else:
+            ok = jnp.concatenate([pair_ok, pair_ok])
+            Lz = jnp.where(ok, L, 0.0)
+            n_ok = jnp.sum(ok)
+            if baseline is None:
+                baseline = (jnp.sum(Lz) - Lz) / jnp.maximum(n_ok - 1, 1)
+                ok = ok & (n_ok > 1)
+            d = jnp.where(ok, Lz - baseline, 0.0)
+            denom = jnp.maximum(n_ok, 1) * self.sigma ** 2
+        d = self._shape_delta(d)
+        return jax.tree.map(lambda a: jnp.tensordot(d, a, axes=1) / denom, directions)
+
+
+class PESState(NamedTuple):
+    inner: PyTree        # inner states, leading axis 2M: [group particles 0..M-1, then M..2M-1]
+    accum: PyTree        # xi, theta-shaped with leading axis M (antithetic) or 2M
+    t: jax.Array         # (M,) int32 steps done in the current episode
+    T: jax.Array         # (M,) int32 episode length (multiple of K)
+
+
+class PES(_Truncated, _ESOptions):
+    """Persistent Evolution Strategies (see module docstring).
+
+    num_pairs: M (the population is 2M particles); truncation_length: K; sigma: the
+    perturbation std; antithetic: +-eps pairs (else 2M independent eps with a
+    leave-one-out baseline); loss_clip / sign_delta: shape the loss differences.
+    """
+
+    def __init__(self, unroll: Unroll, num_pairs: int = 4, truncation_length: int = 20,
+                 sigma: float = 0.01, loss_clip: float | None = None, stagger: bool = True,
+                 antithetic: bool = True, sign_delta: float | None = None):
+        _Truncated.__init__(self, unroll, truncation_length, stagger)
+        self._set_es_options(num_pairs, sigma, antithetic, loss_clip, sign_delta)
+        self.inner_steps_per_estimate = 2 * self.M * self.K
 
     def init(self, theta, key) -> PESState:
-        k_inner, k_len, k_stag = jax.random.split(key, 3)
-        T = self._episode_lengths(k_len)
-        if self.stagger:
-            # Stagger the first episode: a uniform number of whole truncations in [1, T/K],
-            # so that pairs do not all reset at the same outer step.
-            n = T // self.K
-            first = jax.random.randint(k_stag, (self.M,), 1, n + 1) * self.K
-            T = first.astype(jnp.int32)
-        accum = jax.tree.map(lambda x: jnp.zeros((self.M,) + jnp.shape(x), jnp.result_type(x)), theta)
-        return PESState(self._fresh_inner(theta, k_inner), accum,
-                        jnp.zeros((self.M,), jnp.int32), T)
-
-    # -- one truncation -----------------------------------------------------
-    def unroll_truncation(self, thetas, inner, key):
-        """K steps of all 2M particles, pairs sharing keys. Returns (inner, losses (K, 2M))."""
-        keys = jax.random.split(key, (self.K, self.M))
-        keys = jnp.concatenate([keys, keys], axis=1)  # the same key for + and - of a pair
-
-        def body(inner, step_keys):
-            inner, loss = jax.vmap(self.unroll.step)(thetas, inner, step_keys)
-            return inner, loss
-
-        return jax.lax.scan(body, inner, keys)
+        k_inner, k_count = jax.random.split(key)
+        t, T = self._start_counters(k_count, self.M)
+        accum = jax.tree.map(lambda x: jnp.zeros((self.num_directions,) + jnp.shape(x),
+                                                 jnp.result_type(x)), theta)
+        return PESState(_tile(self._fresh_inner(theta, k_inner, self.M), 2), accum, t, T)
 
     def estimate(self, theta, state: PESState, key):
         k_eps, k_steps, k_reset, k_len = jax.random.split(key, 4)
-        leaves, treedef = jax.tree.flatten(theta)
-        eps_keys = jax.random.split(k_eps, len(leaves))
-        eps = jax.tree.unflatten(treedef, [
-            self.sigma * jax.random.normal(k, (self.M,) + jnp.shape(x), jnp.result_type(x))
-            for k, x in zip(eps_keys, leaves)])
-        thetas = jax.tree.map(lambda th, e: jnp.concatenate([th + e, th - e], axis=0), theta, eps)
+        eps, thetas = self._perturb(theta, k_eps)
         thetas, inner = self.constrain((thetas, state.inner))
-
-        inner, losses = self.unroll_truncation(thetas, inner, k_steps)
+        inner, losses = self._scan(thetas, inner, self._step_keys(k_steps, self.M, 2))
         L = jnp.mean(losses, axis=0)
-        L_pos, L_neg = L[:self.M], L[self.M:]
         accum = jax.tree.map(jnp.add, state.accum, eps)
+        pair_ok = jnp.isfinite(L[:self.M]) & jnp.isfinite(L[self.M:])
+        grad = self._combine(L, accum, pair_ok)
 
-        finite = jnp.isfinite(L_pos) & jnp.isfinite(L_neg)
-        diff = jnp.where(finite, L_pos - L_neg, 0.0)
-        if self.loss_clip is not None:
-            diff = jnp.clip(diff, -self.loss_clip, self.loss_clip)
-        n_ok = jnp.sum(finite)
-        scale = 1.0 / (2.0 * jnp.maximum(n_ok, 1) * self.sigma ** 2)
-        grad = jax.tree.map(lambda a: scale * jnp.tensordot(diff, a, axes=1), accum)
-
-        # Between truncations: reset finished (or non-finite) pairs.
-        t = state.t + self.K
-        done = (t >= state.T) | ~finite
-        fresh = self._fresh_inner(theta, k_reset)
+        # Between truncations: reset pairs whose episode ended (or that went non-finite).
+        done, t, T = self._advance(state.t, state.T, pair_ok, k_len)
+        fresh = _tile(self._fresh_inner(theta, k_reset, self.M), 2)
         inner = _tree_where(jnp.concatenate([done, done]), fresh, inner)
-        accum = _tree_where(done, jax.tree.map(jnp.zeros_like, accum), accum)
-        t = jnp.where(done, 0, t)
-        T = jnp.where(done, self._episode_lengths(k_len), state.T)
-
-        finite_losses = jnp.where(jnp.isfinite(losses), losses, 0.0)
-        n_fin = jnp.maximum(jnp.sum(jnp.isfinite(losses)), 1)
-        metrics = {
-            "meta_loss": jnp.sum(finite_losses) / n_fin,
-            "nonfinite_pairs": self.M - n_ok,
-            "episodes_ended": jnp.sum(done),
-        }
+        acc_done = done if self.antithetic else jnp.concatenate([done, done])
+        accum = _tree_where(acc_done, jax.tree.map(jnp.zeros_like, accum), accum)
+        metrics = {"meta_loss": _mean_finite(losses),
+                   "nonfinite_particles": 2 * jnp.sum(~pair_ok),
+                   "episodes_ended": jnp.sum(done)}
         return grad, PESState(inner, accum, t, T), metrics
 
 
+class TruncatedState(NamedTuple):
+    inner: PyTree        # one shared inner state per group, leading axis n
+    t: jax.Array         # (n,) int32
+    T: jax.Array         # (n,) int32
+
+
+class TruncatedES(_Truncated, _ESOptions):
+    """Truncated ES: M shared inner states advanced with the unperturbed theta; each
+    truncation perturbs theta only within the truncation (see module docstring).
+    Population per estimate: 2M perturbed particles + M unperturbed ones."""
+
+    def __init__(self, unroll: Unroll, num_pairs: int = 4, truncation_length: int = 20,
+                 sigma: float = 0.01, loss_clip: float | None = None, stagger: bool = True,
+                 antithetic: bool = True, sign_delta: float | None = None):
+        _Truncated.__init__(self, unroll, truncation_length, stagger)
+        self._set_es_options(num_pairs, sigma, antithetic, loss_clip, sign_delta)
+        self.inner_steps_per_estimate = 3 * self.M * self.K
+
+    def init(self, theta, key) -> TruncatedState:
+        k_inner, k_count = jax.random.split(key)
+        t, T = self._start_counters(k_count, self.M)
+        return TruncatedState(self._fresh_inner(theta, k_inner, self.M), t, T)
+
+    def estimate(self, theta, state: TruncatedState, key):
+        M = self.M
+        k_eps, k_steps, k_reset, k_len = jax.random.split(key, 4)
+        eps, thetas = self._perturb(theta, k_eps)
+        thetas = jax.tree.map(lambda a, th: jnp.concatenate([a, jnp.broadcast_to(th, (M,) + th.shape)]),
+                              thetas, theta)
+        thetas, inner = self.constrain((thetas, _tile(state.inner, 3)))
+        inner, losses = self._scan(thetas, inner, self._step_keys(k_steps, M, 3))
+        L = jnp.mean(losses, axis=0)
+        L_pert, L_base = L[:2 * M], L[2 * M:]
+        pair_ok = jnp.isfinite(L_pert[:M]) & jnp.isfinite(L_pert[M:])
+        grad = self._combine(L_pert, eps, pair_ok, baseline=jnp.concatenate([L_base, L_base]))
+
+        base = jax.tree.map(lambda x: x[2 * M:], inner)
+        done, t, T = self._advance(state.t, state.T, pair_ok & jnp.isfinite(L_base), k_len)
+        base = _tree_where(done, self._fresh_inner(theta, k_reset, M), base)
+        metrics = {"meta_loss": _mean_finite(losses[:, 2 * M:]),
+                   "nonfinite_particles": 2 * jnp.sum(~pair_ok),
+                   "episodes_ended": jnp.sum(done)}
+        return grad, TruncatedState(base, t, T), metrics
+
+
+class FullESState(NamedTuple):
+    estimates: jax.Array   # scalar int32 count (full ES keeps no inner state)
+
+
+class FullES(GradientEstimator, _ESOptions):
+    """ES over whole episodes: every estimate starts fresh episodes of the perturbed
+    thetas and runs them to the end. ``loss``: "mean" (the episode's mean meta-loss) or
+    "last" (its last step's). With an episode-length range each pair samples its length
+    and the scan runs the maximum, ignoring steps past the pair's end."""
+
+    def __init__(self, unroll: Unroll, num_pairs: int = 4, sigma: float = 0.01,
+                 loss: str = "mean", loss_clip: float | None = None,
+                 antithetic: bool = True, sign_delta: float | None = None):
+        spec = unroll.episode_length
+        if spec is None:
+            raise EstimatorError("full-episode ES needs a finite episode length; this Unroll "
+                                 "never ends (episode_length=None): use PES or truncated ES")
+        if loss not in ("mean", "last"):
+            raise EstimatorError(f"FullES loss must be 'mean' or 'last', got {loss!r}")
+        self.unroll = unroll
+        self.loss = loss
+        self.max_length = int(spec if isinstance(spec, int) else spec[1])
+        self._set_es_options(num_pairs, sigma, antithetic, loss_clip, sign_delta)
+        self.inner_steps_per_estimate = 2 * self.M * self.max_length
+
+    def init(self, theta, key) -> FullESState:
+        return FullESState(jnp.zeros((), jnp.int32))
+
+    def estimate(self, theta, state: FullESState, key):
+        M = self.M
+        k_eps, k_init, k_steps, k_len = jax.random.split(key, 4)
+        eps, thetas = self._perturb(theta, k_eps)
+        thetas = self.constrain(thetas)
+        init_keys = _tile(jax.random.split(k_init, M), 2)
+        inner = self.constrain(jax.vmap(self.unroll.init)(thetas, init_keys))
+        keys = jnp.concatenate([jax.random.split(k_steps, (self.max_length, M))] * 2, axis=1)
+
+        def body(inner, step_keys):
+            return jax.vmap(self.unroll.step)(thetas, inner, step_keys)
+
+        _, losses = jax.lax.scan(body, inner, keys)                   # (T_max, 2M)
+        T = _tile(jax.vmap(self.unroll.sample_episode_length)(jax.random.split(k_len, M)), 2)
+        T = jnp.clip(T, 1, self.max_length)
+        if self.loss == "last":
+            L = losses[T - 1, jnp.arange(2 * M)]
+        else:
+            live = jnp.arange(self.max_length)[:, None] < T[None, :]
+            L = jnp.sum(jnp.where(live, losses, 0.0), axis=0) / T
+            # A non-finite loss inside the episode must poison its particle's L.
+            L = jnp.where(jnp.all(jnp.isfinite(losses) | ~live, axis=0), L, jnp.nan)
+        pair_ok = jnp.isfinite(L[:M]) & jnp.isfinite(L[M:])
+        grad = self._combine(L, eps, pair_ok)
+        metrics = {"meta_loss": _mean_finite(L),
+                   "nonfinite_particles": 2 * jnp.sum(~pair_ok),
+                   "episodes_ended": jnp.asarray(2 * M, jnp.int32)}
+        return grad, FullESState(state.estimates + 1), metrics
+
+
+class TruncatedBPTT(_Truncated):
+    """Truncated backpropagation through time over N persistent particles (see module
+    docstring). The step must be differentiable in theta."""
+
+    def __init__(self, unroll: Unroll, num_particles: int = 8, truncation_length: int = 20,
+                 stagger: bool = True):
+        _Truncated.__init__(self, unroll, truncation_length, stagger)
+        if num_particles < 1:
+            raise EstimatorError(f"num_particles must be >= 1, got {num_particles}")
+        self.N = int(num_particles)
+        self.inner_steps_per_estimate = self.N * self.K
+
+    def init(self, theta, key) -> TruncatedState:
+        k_inner, k_count = jax.random.split(key)
+        t, T = self._start_counters(k_count, self.N)
+        return TruncatedState(self._fresh_inner(theta, k_inner, self.N), t, T)
+
+    def estimate(self, theta, state: TruncatedState, key):
+        k_steps, k_reset, k_len = jax.random.split(key, 3)
+
+        def one(inner, keys):
+            def truncation_loss(th):
+                def body(s, k):
+                    return self.unroll.step(th, s, k)
+                inner_end, losses = jax.lax.scan(body, inner, keys)
+                return jnp.mean(losses), (inner_end, losses)
+            g, aux = jax.grad(truncation_loss, has_aux=True)(theta)
+            return g, aux
+
+        keys = jax.random.split(k_steps, (self.N, self.K))
+        grads, (inner, losses) = jax.vmap(one)(self.constrain(state.inner), keys)
+        grads = self.constrain(grads)
+        ok = _finite_tree(grads) & jnp.all(jnp.isfinite(losses), axis=1)
+        n_ok = jnp.maximum(jnp.sum(ok), 1)
+        grad = jax.tree.map(lambda g: jnp.sum(_tree_where(ok, g, jnp.zeros_like(g)), axis=0) / n_ok,
+                            grads)
+        done, t, T = self._advance(state.t, state.T, ok, k_len)
+        inner = _tree_where(done, self._fresh_inner(theta, k_reset, self.N), inner)
+        metrics = {"meta_loss": _mean_finite(losses),
+                   "nonfinite_particles": jnp.sum(~ok),
+                   "episodes_ended": jnp.sum(done)}
+        return grad, TruncatedState(inner, t, T), metrics
+
+
 def make_estimator(config, unroll: Unroll) -> GradientEstimator:
-    """The outer estimator a TrainConfig names, over ``unroll``."""
-    return PES(unroll, num_pairs=config.num_pairs, truncation_length=config.truncation_length,
-               sigma=config.sigma, loss_clip=config.loss_clip)
+    """The outer estimator a TrainConfig names (``config.estimator``), over ``unroll``.
+    Every estimator gets the same population, 2 * num_pairs particles."""
+    name = config.estimator
+    es = dict(num_pairs=config.num_pairs, sigma=config.sigma, loss_clip=config.loss_clip,
+              antithetic=config.antithetic, sign_delta=config.sign_delta)
+    if name == "pes":
+        return PES(unroll, truncation_length=config.truncation_length, **es)
+    if name == "tes":
+        return TruncatedES(unroll, truncation_length=config.truncation_length, **es)
+    if name == "full_es":
+        return FullES(unroll, loss=config.full_es_loss, **es)
+    if name == "tbptt":
+        return TruncatedBPTT(unroll, num_particles=2 * config.num_pairs,
+                             truncation_length=config.truncation_length)
+    raise EstimatorError(f"unknown estimator {name!r}; known: {list(ESTIMATOR_NAMES)}")

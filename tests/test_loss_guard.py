@@ -291,7 +291,7 @@ def test_guarded_unroll_and_pes():
     for i in range(3):
         grad, est, metrics = estimate(th, est, jax.random.PRNGKey(10 + i))
         assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(grad))
-        assert np.isfinite(float(metrics["meta_loss"])) and int(metrics["nonfinite_pairs"]) == 0
+        assert np.isfinite(float(metrics["meta_loss"])) and int(metrics["nonfinite_particles"]) == 0
         th = jax.tree.map(lambda t, g: t - 0.01 * g, th, grad)
     # each particle's guard has taken exactly the inner steps of its current episode
     steps = np.asarray(est.inner.opt_state.steps)

@@ -119,5 +119,5 @@ def test_nonfinite_pairs_are_masked_and_reset():
     state = pes.init(theta, jax.random.PRNGKey(0))
     g, state, m = pes.estimate(theta, state, jax.random.PRNGKey(3))
     assert np.all(np.isfinite(np.asarray(g)))
-    assert 0 < int(m["nonfinite_pairs"]) < 16
-    assert int(m["episodes_ended"]) == int(m["nonfinite_pairs"])
+    assert 0 < int(m["nonfinite_particles"]) < 32
+    assert 2 * int(m["episodes_ended"]) == int(m["nonfinite_particles"])
