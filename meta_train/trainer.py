@@ -1,4 +1,10 @@
-"""The outer loop: one jitted PES outer step, periodic evaluation, NaN-safe updates."""
+"""The outer loop: one jitted outer step, periodic evaluation, NaN-safe updates.
+
+The population is sharded over a device mesh (meta_train/sharding.py): ``init`` and
+``outer_step`` are jitted with explicit shardings, the estimator's population-leading
+trees are constrained onto the "pop" axis, and the meta-gradient's sum over particles
+becomes an all-reduce; theta and the meta-optimizer state stay replicated. The same
+config runs unchanged on one device, N local devices or N hosts (jax.distributed)."""
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -10,6 +16,7 @@ import optax
 import learned_opt
 import tasks
 from meta_train.config import TrainConfig
+from meta_train import sharding
 from meta_train.estimators import make_estimator
 from meta_train.unroll import learned_optimizer_unroll
 
@@ -41,10 +48,14 @@ def evaluate_trajectories(lopt, family, theta, keys, num_steps, guard=None):
 
 
 class MetaTrainer:
-    """Builds the family, optimizer, Unroll, estimator and meta-optimizer from a TrainConfig."""
+    """Builds the family, optimizer, Unroll, estimator and meta-optimizer from a TrainConfig.
 
-    def __init__(self, config: TrainConfig):
+    ``mesh``: the 1-D "pop" mesh to shard the population over (default: all global
+    devices, see sharding.population_mesh)."""
+
+    def __init__(self, config: TrainConfig, mesh=None):
         self.config = config
+        self.mesh = sharding.population_mesh() if mesh is None else mesh
         self.family = tasks.get_family(config.family, **config.family_kwargs)
         self.lopt = learned_opt.make(config.architecture, config.lopt_config)
         self.guard = optax.adam(config.guard_lr) if config.guard_lr > 0 else None
@@ -54,10 +65,32 @@ class MetaTrainer:
         self.estimator = make_estimator(config, self.unroll)
         base = optax.adam(config.meta_lr) if config.meta_optimizer == "adam" else optax.sgd(config.meta_lr)
         self.meta_opt = optax.chain(optax.clip_by_global_norm(config.grad_clip), base)
-        self.outer_step = jax.jit(self._outer_step)
-        self.evaluate = jax.jit(self._evaluate)
+        self.estimator.constrain = sharding.make_constrain(self.mesh)
+        if self.mesh.size > 1:
+            sharding.warn_if_uneven(2 * config.num_pairs, self.mesh)
+        self.state_shardings = sharding.train_state_shardings(self.mesh, jax.eval_shape(self._init))
+        rep = sharding.replicated(self.mesh)
+        self._init_jit = jax.jit(self._init, out_shardings=self.state_shardings)
+        self.outer_step = jax.jit(self._outer_step, in_shardings=(self.state_shardings,),
+                                  out_shardings=(self.state_shardings, rep))
+        # Evaluation is small: it runs replicated (every device the same held-out tasks).
+        self.evaluate = jax.jit(self._evaluate, in_shardings=(self.state_shardings.theta,),
+                                out_shardings=rep)
 
     def init(self) -> TrainState:
+        """The initial state, placed on the mesh (population sharded)."""
+        return self._init_jit()
+
+    def place(self, host_state: TrainState) -> TrainState:
+        """A host (numpy) TrainState, e.g. loaded from a checkpoint, placed on the mesh.
+        With several processes each must pass the same full state."""
+        return sharding.place(host_state, self.state_shardings)
+
+    def gather(self, state: TrainState) -> TrainState:
+        """The state as numpy on every process (a collective with several processes)."""
+        return sharding.gather(state, self.mesh)
+
+    def _init(self) -> TrainState:
         key = jax.random.PRNGKey(self.config.seed)
         k_theta, k_est, key = jax.random.split(key, 3)
         theta = self.lopt.init(k_theta)
