@@ -208,7 +208,7 @@ def main(argv=None) -> dict:
     theta, log = meta_train(problem, "pes", steps=args.steps, truncation_length=args.truncation,
                             log_every=max(1, args.steps // 6))
     for r in log:
-        print(f" {r['step']:>10}  {r["meta_loss"]:>14.4f}  {r['mean_excess']:>16.4f}  "
+        print(f" {r['step']:>10}  {r['meta_loss']:>14.4f}  {r['mean_excess']:>16.4f}  "
               f"{r['final_excess']:>17.4f}")
     results = [(f"pes K={args.truncation}", theta, evaluate(problem, theta))]
     if not args.pes_only:
