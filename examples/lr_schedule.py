@@ -1,6 +1,7 @@
 """Meta-learning a learning-rate schedule with PES: an Unroll that is not a learned optimizer.
 
-    PYTHONPATH=. .venv/bin/python examples/lr_schedule.py [--steps 300] [--quick]
+    PYTHONPATH=. .venv/bin/python examples/lr_schedule.py [--steps 300] [--truncation 10]
+                                                      [--pes-only] [--seeds 1]
 
 The inner problem is fixed: least-squares linear regression on a generated dataset
 (n=256 points, d=20 features whose scales make the Hessian's eigenvalues span 1 .. 1e-3,
@@ -188,6 +189,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=300, help="outer (meta) steps per estimator")
     ap.add_argument("--truncation", type=int, default=10, help="K for PES, TES and TBPTT")
     ap.add_argument("--pes-only", action="store_true", help="skip the comparison")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="also repeat every meta-training with this many seeds and summarise")
     args = ap.parse_args(argv)
 
     t0 = time.time()
@@ -203,7 +206,8 @@ def main(argv=None) -> dict:
         print(f"                         {lr:<7.3g} {r['mean_excess']:<18.4f} {r['final_excess']:.4f}")
     print(f"best constant lr (by mean over episode): {best_lr:.3g}\n")
 
-    print(f"PES, K={args.truncation}, 8 antithetic pairs, sigma 0.1, adam 0.1 (cosine decay), init lr 0.03:")
+    print(f"PES, K={args.truncation}, 8 antithetic pairs, sigma 0.1, adam 0.1 (cosine decay), "
+          f"init lr 0.03:")
     print(" outer step  particles loss  eval mean-excess  eval final-excess")
     theta, log = meta_train(problem, "pes", steps=args.steps, truncation_length=args.truncation,
                             log_every=max(1, args.steps // 6))
@@ -219,11 +223,31 @@ def main(argv=None) -> dict:
           f"{best['mean_excess']:>11.4f} {best['final_excess']:>12.4f}")
     for label, th, r in results:
         print(f"{label:<16} {_fmt_lrs(th):<34} {r['mean_excess']:>11.4f} {r['final_excess']:>12.4f}")
+
+    if args.seeds > 1:
+        runs = {label: [(th, r)] for label, th, r in results}
+        for seed in range(1, args.seeds):
+            th, _ = meta_train(problem, "pes", steps=args.steps, truncation_length=args.truncation,
+                               seed=seed)
+            runs[f"pes K={args.truncation}"].append((th, evaluate(problem, th)))
+            if not args.pes_only:
+                for label, th, r in compare_estimators(problem, args.steps, args.truncation, seed):
+                    runs[label].append((th, r))
+        print(f"\nover {args.seeds} meta-training seeds: mean [min, max]; lrs: exp(mean log-lr)")
+        print(f"{'schedule':<16} {'lr at t=0, T/4, T/2, 3T/4, T':<34} {'mean-excess':<24} final-excess")
+        for label, rows in runs.items():
+            th = jnp.mean(jnp.stack([t for t, _ in rows]), axis=0)
+            cells = []
+            for k in ("mean_excess", "final_excess"):
+                v = np.array([r[k] for _, r in rows])
+                cells.append(f"{v.mean():.4f} [{v.min():.4f}, {v.max():.4f}]")
+            print(f"{label:<16} {_fmt_lrs(th):<34} {cells[0]:<24} {cells[1]}")
     print(f"\ntotal time {time.time() - t0:.1f} s")
     return {"grid": grid, "best_lr": best_lr, "results": results}
 
 
-def compare_estimators(problem: Problem, steps: int, truncation: int) -> list[tuple[str, jax.Array, dict]]:
+def compare_estimators(problem: Problem, steps: int, truncation: int,
+                       seed: int = 0) -> list[tuple[str, jax.Array, dict]]:
     """The same meta-training with full-episode ES, truncated ES (K) and truncated BPTT
     (K/2, K, 2K: the shorter the truncation, the stronger its short-horizon bias).
     Returns (label, learned theta, evaluation) rows."""
@@ -233,7 +257,7 @@ def compare_estimators(problem: Problem, steps: int, truncation: int) -> list[tu
              for k in (max(1, truncation // 2), truncation, 2 * truncation)]
     out = []
     for label, name, kw in runs:
-        theta, _ = meta_train(problem, name, steps=steps, **kw)
+        theta, _ = meta_train(problem, name, steps=steps, seed=seed, **kw)
         out.append((label, theta, evaluate(problem, theta)))
     return out
 

@@ -1,0 +1,1 @@
+"""Runnable examples of the framework (see docs/unroll.md)."""
