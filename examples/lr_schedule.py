@@ -175,6 +175,26 @@ def meta_train(problem: Problem, estimator_name: str = "pes", steps: int = 300,
     return theta, log
 
 
+def horizon_gradient(problem: Problem, theta: jax.Array, truncation: int, particles: int = 32,
+                     seed: int = 0) -> np.ndarray:
+    """The gradient of the mean-over-episode loss as truncated BPTT with truncation K sees it.
+
+    Runs every particle through one whole episode in truncations of K (no staggering) and
+    sums the estimates, each scaled by K / T, so that K = T gives the exact gradient
+    (backpropagation through the whole episode, averaged over ``particles`` episodes);
+    a shorter K drops every path from a step's learning rate to losses beyond its truncation.
+    """
+    est = TruncatedBPTT(lr_schedule_unroll(problem), num_particles=particles,
+                        truncation_length=truncation, stagger=False)
+    state = est.init(theta, jax.random.PRNGKey(seed))
+    estimate = jax.jit(est.estimate)
+    total = jnp.zeros_like(theta)
+    for i in range(-(-EPISODE // truncation)):
+        g, state, _ = estimate(theta, state, jax.random.PRNGKey(1000 * seed + i + 1))
+        total = total + g * truncation / EPISODE
+    return np.asarray(total)
+
+
 def schedule_values(theta: jax.Array) -> np.ndarray:
     """The learning rates at the knots (t = 0, T/4, T/2, 3T/4, T-1)."""
     return np.exp(np.asarray(theta))
@@ -223,6 +243,15 @@ def main(argv=None) -> dict:
           f"{best['mean_excess']:>11.4f} {best['final_excess']:>12.4f}")
     for label, th, r in results:
         print(f"{label:<16} {_fmt_lrs(th):<34} {r['mean_excess']:>11.4f} {r['final_excess']:>12.4f}")
+
+    if not args.pes_only:
+        lr0 = 0.5
+        print(f"\nd(mean-over-episode loss)/d(knots) at constant lr {lr0} as truncated BPTT sees it,")
+        print(f"mean over 32 episodes (K={EPISODE}: the whole episode, the true gradient):")
+        k = args.truncation
+        for trunc in (max(1, k // 2), k, 2 * k, EPISODE):
+            g = horizon_gradient(problem, jnp.full(N_KNOTS, np.log(lr0)), trunc)
+            print(f"  K={trunc:<4} " + " ".join(f"{v:+.4f}" for v in g))
 
     if args.seeds > 1:
         runs = {label: [(th, r)] for label, th, r in results}
