@@ -1,6 +1,7 @@
 """`lopt`: meta-train, apply and evaluate learned optimizers.
 
     lopt train   [--config NAME] [--out DIR] [--set key=value ...] [--resume]
+                 [--distributed --coordinator HOST:PORT --num-processes N --process-id I]
     lopt apply   CHECKPOINT --task NAME [--steps N]
     lopt report  CHECKPOINT [--out DIR] [--num-tasks N] [--steps N]
     lopt tasks
@@ -27,6 +28,8 @@ EXAMPLES = """examples:
   lopt report runs/cmp/*/optimizer.npz --out runs/cmp/report   # compare several
   lopt train --config lstm_dmd                # other architectures: lopt train --list-configs
   lopt tasks
+  # two hosts (run on each, with its own --process-id):
+  lopt train --distributed --coordinator host0:12355 --num-processes 2 --process-id 0
 """
 
 
@@ -34,8 +37,9 @@ def _user_errors():
     import learned_opt
     import tasks
     from meta_train.config import ConfigError
+    from meta_train.distributed import DistributedError
     from meta_train.state_io import StateFileError
-    return (ConfigError, StateFileError, learned_opt.LearnedOptError, tasks.TaskError)
+    return (ConfigError, StateFileError, DistributedError, learned_opt.LearnedOptError, tasks.TaskError)
 
 
 def _configs_help() -> str:
@@ -45,18 +49,38 @@ def _configs_help() -> str:
 
 def cmd_train(args) -> int:
     from meta_train.config import get_config
-    from meta_train.report import write_report
-    from meta_train.run import OPTIMIZER_FILE, final_eval, train
 
     if args.list_configs:
         print(_configs_help())
         return 0
     cfg = get_config(args.config, args.set)
     out = args.out or os.path.join("runs", args.config)
+    if not args.distributed and (args.coordinator or args.num_processes is not None
+                                 or args.process_id is not None):
+        from meta_train.distributed import DistributedError
+        raise DistributedError("--coordinator, --num-processes and --process-id need --distributed")
+    if args.distributed:
+        # Before anything touches a jax backend.
+        from meta_train import distributed
+        distributed.initialize(distributed.resolve(args.coordinator, args.num_processes,
+                                                   args.process_id, args.dist_timeout))
+    import jax
+    from meta_train.report import write_report
+    from meta_train.run import OPTIMIZER_FILE, final_eval, train
+
     state, records, summary = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    if args.distributed:
+        # Leave the process group now (a barrier), so the others need not wait for the report.
+        main = jax.process_index() == 0
+        distributed.shutdown()
+        if not main:
+            return 0    # process 0 prints and writes the report
     ckpt = os.path.join(out, OPTIMIZER_FILE)
+    where = (f" on {summary['devices']} devices" if summary["processes"] == 1 else
+             f" on {summary['devices']} devices in {summary['processes']} processes")
     print(f"meta-trained {int(state.step)} outer steps in {summary['wall_s']:.0f} s "
-          f"({summary['inner_steps_per_s']:.0f} inner steps/s) -> {ckpt}")
+          f"({summary['inner_steps_per_s']:.0f} inner steps/s"
+          f"{where if summary['devices'] > 1 else ''}) -> {ckpt}")
     ev = final_eval(records)
     if ev is not None:
         first = next(r for r in records if "eval_mean_loss" in r)
@@ -178,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--report-tasks", type=int, default=8, help="held-out tasks in the report (default: 8)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--list-configs", action="store_true", help="list named configs and exit")
+    d = t.add_argument_group(
+        "multi-host (jax.distributed)",
+        "run the same command on every host with its own --process-id; the population is sharded "
+        "over all hosts' devices, process 0 writes the files; --out must be on a filesystem all "
+        "hosts see for --resume. Each flag can also come from LOPT_COORDINATOR, "
+        "LOPT_NUM_PROCESSES, LOPT_PROCESS_ID (flags win).")
+    d.add_argument("--distributed", action="store_true", help="join a multi-process run")
+    d.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="process 0's host and a free port (PORT+1 is used too)")
+    d.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the run")
+    d.add_argument("--process-id", type=int, metavar="I", help="this process's id, 0..N-1")
+    d.add_argument("--dist-timeout", type=float, metavar="SECONDS", default=120.0,
+                   help="how long to wait for all processes to start, and for a silent peer "
+                        "before giving up (default: %(default)g)")
     t.set_defaults(fn=cmd_train)
 
     a = sub.add_parser("apply", help="train a named task with a learned optimizer, beside Adam",

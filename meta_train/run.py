@@ -7,18 +7,26 @@ Files in the run directory:
     train_state.npz      full training state (atomic, every checkpoint_every steps)
     optimizer.npz        the learned optimizer (learned_opt.save format)
     meta_training.png    meta-training curves
+
+With several processes (``lopt train --distributed``, see distributed.py) every process
+runs the same loop on its share of the population; the state is gathered (a collective)
+before each checkpoint and process 0 alone writes these files. On resume every process
+reads train_state.npz, so the run directory must be on a filesystem all hosts see.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+import zlib
 
 import jax
+import numpy as np
 from tqdm import tqdm
 
 import learned_opt
 from meta_train.config import ConfigError, TrainConfig
+from meta_train.distributed import DistributedError
 from meta_train.plots import plot_meta_training
 from meta_train.state_io import atomic_write_bytes, load_state, save_state
 from meta_train.trainer import MetaTrainer
@@ -67,36 +75,63 @@ def _resolve_config(out_dir: str, config: TrainConfig, resume: bool) -> TrainCon
     return config
 
 
+def _check_processes_agree(config: TrainConfig, start: int) -> None:
+    """With several processes: all must resume from the same step with the same config
+    (they would otherwise run different numbers of collective steps and hang)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+    mine = np.array([start, zlib.crc32(config.to_json().encode())], np.int64)
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), 2)
+    if not (every == every[0]).all():
+        raise DistributedError(
+            f"processes disagree on the run to continue (start steps {every[:, 0].tolist()}); the run "
+            "directory must be on a filesystem all hosts see, with the same --config/--set everywhere")
+
+
 def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None):
+          stop_after: int | None = None, mesh=None):
     """Meta-train into ``out_dir``. ``stop_after`` ends the loop after that many outer
-    steps in total without a checkpoint there, as a kill would (used to test resume)."""
+    steps in total without a checkpoint there, as a kill would (used to test resume).
+    ``mesh``: the device mesh to shard the population over (default: all devices).
+    Returns (final state as numpy, metric records, summary)."""
+    main = jax.process_index() == 0
     config = _resolve_config(out_dir, config, resume)
-    os.makedirs(out_dir, exist_ok=True)
-    atomic_write_bytes(os.path.join(out_dir, "config.json"), lambda f: f.write(config.to_json().encode()))
-    trainer = MetaTrainer(config)
+    if main:
+        os.makedirs(out_dir, exist_ok=True)
+        atomic_write_bytes(os.path.join(out_dir, "config.json"),
+                           lambda f: f.write(config.to_json().encode()))
+    trainer = MetaTrainer(config, mesh)
     state_path = os.path.join(out_dir, STATE_FILE)
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
+
+    def to_host(state):
+        # A collective with several processes: every process calls it at the same steps.
+        return jax.device_get(state) if jax.process_count() == 1 else trainer.gather(state)
 
     state = trainer.init()
     records: list[dict] = []
     if resume and os.path.exists(state_path):
-        state = load_state(state_path, state)
+        state = trainer.place(jax.device_get(load_state(state_path, state)))
         start = int(state.step)
         records = [r for r in read_metrics(metrics_path) if r.get("step", 0) <= start]
-    _rewrite_metrics(metrics_path, records)
+    _check_processes_agree(config, int(state.step))
+    if main:
+        _rewrite_metrics(metrics_path, records)
 
     end = config.outer_steps if stop_after is None else min(config.outer_steps, stop_after)
     start = int(state.step)
     t0 = time.time()
-    bar = tqdm(total=config.outer_steps, initial=start, disable=not progress,
+    bar = tqdm(total=config.outer_steps, initial=start, disable=not (progress and main),
                desc=f"meta-train {config.family}", unit="step", dynamic_ncols=True)
-    inner_steps_per_outer = 2 * config.num_pairs * config.truncation_length
-    with open(metrics_path, "a") as log:
+    inner_steps_per_outer = trainer.estimator.inner_steps_per_estimate
+    log = open(metrics_path, "a") if main else None
+    try:
         def write(rec):
             records.append(rec)
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
+            if log is not None:
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
 
         if start == 0 and config.eval_every:
             write({"step": 0, **_to_py(trainer.evaluate(state.theta))})
@@ -110,17 +145,26 @@ def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: boo
                 rec = {"step": step, **_to_py(trainer.evaluate(state.theta))}
                 write(rec)
             if step % config.checkpoint_every == 0 or step == config.outer_steps:
-                save_state(state_path, state, config.to_json())
+                host = to_host(state)
+                if main:
+                    save_state(state_path, host, config.to_json())
             bar.update(1)
+    finally:
+        if log is not None:
+            log.close()
     bar.close()
     elapsed = time.time() - t0
     done_steps = end - start
     summary = {"outer_steps_run": done_steps, "wall_s": round(elapsed, 2),
-               "inner_steps_per_s": round(done_steps * inner_steps_per_outer / max(elapsed, 1e-9), 1)}
-    learned_opt.save(os.path.join(out_dir, OPTIMIZER_FILE), trainer.lopt, state.theta,
-                     metadata={"outer_steps": int(state.step), "train_config": json.loads(config.to_json())})
-    plot_meta_training(records, os.path.join(out_dir, "meta_training.png"))
-    return state, records, summary
+               "inner_steps_per_s": round(done_steps * inner_steps_per_outer / max(elapsed, 1e-9), 1),
+               "devices": trainer.mesh.size, "processes": jax.process_count()}
+    host = to_host(state)
+    if main:
+        learned_opt.save(os.path.join(out_dir, OPTIMIZER_FILE), trainer.lopt, host.theta,
+                         metadata={"outer_steps": int(host.step),
+                                   "train_config": json.loads(config.to_json())})
+        plot_meta_training(records, os.path.join(out_dir, "meta_training.png"))
+    return host, records, summary
 
 
 def final_eval(records: list[dict]) -> dict | None:

@@ -1,0 +1,250 @@
+"""Multi-host meta-training: join N processes with ``jax.distributed`` so that the
+population mesh (sharding.py) spans every process's devices.
+
+Each process runs the same command with its own ``--process-id``; the coordinator
+(process 0's host:port) runs jax's coordination service. After ``initialize`` the
+trainer's jitted steps are global SPMD programs: each process computes its devices'
+slice of the population and the meta-gradient is all-reduced across hosts (gloo on CPU,
+NCCL / ICI on accelerators). Process 0 alone writes files (run.py).
+
+Why a pre-flight rendezvous: when a peer never shows up, ``jax.distributed.initialize``
+does not raise, it aborts the process from C++ (LOG(FATAL), exit 134, a stack trace)
+after its timeout. So before calling it, the processes meet over plain TCP on PORT+1:
+process 0 listens and waits for the other N-1 to connect and say their id, within
+``timeout`` seconds; the others retry connecting until the same deadline. Anyone
+missing (or a duplicate id, or a disagreeing process count) raises DistributedError on
+every process that is there, with a message that says who is missing and what to do.
+
+Bounded failure later on: the heartbeat and shutdown timeouts (both ``timeout``) make the
+coordination service end the survivors when a peer dies mid-run (jax aborts them with
+"Terminating process because the JAX distributed service detected fatal errors"),
+instead of waiting forever in a collective.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import socket
+import time
+
+ENV_COORDINATOR = "LOPT_COORDINATOR"
+ENV_NUM_PROCESSES = "LOPT_NUM_PROCESSES"
+ENV_PROCESS_ID = "LOPT_PROCESS_ID"
+DEFAULT_TIMEOUT = 120.0
+_HELLO = "lopt-rendezvous"
+
+
+class DistributedError(RuntimeError):
+    """A multi-process run cannot start (bad settings, a process missing)."""
+
+    def __init__(self, msg: str):
+        super().__init__(f"distributed: {msg}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistConfig:
+    coordinator: str        # "host:port" of process 0 (jax's coordination service)
+    num_processes: int
+    process_id: int
+    timeout: float = DEFAULT_TIMEOUT   # seconds to wait for all processes to show up
+
+    @property
+    def host(self) -> str:
+        return self.coordinator.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.coordinator.rsplit(":", 1)[1])
+
+    @property
+    def rendezvous_port(self) -> int:
+        return self.port + 1
+
+
+def resolve(coordinator: str | None = None, num_processes: int | None = None,
+            process_id: int | None = None, timeout: float | None = None,
+            env: dict | None = None) -> DistConfig:
+    """Settings from the flags, falling back to LOPT_COORDINATOR / LOPT_NUM_PROCESSES /
+    LOPT_PROCESS_ID (flags win); validated."""
+    env = os.environ if env is None else env
+
+    def from_env(value, name, kind):
+        if value is not None:
+            return value
+        raw = env.get(name)
+        if raw is None or raw == "":
+            return None
+        try:
+            return kind(raw)
+        except ValueError:
+            raise DistributedError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
+    coordinator = from_env(coordinator, ENV_COORDINATOR, str)
+    num_processes = from_env(num_processes, ENV_NUM_PROCESSES, int)
+    process_id = from_env(process_id, ENV_PROCESS_ID, int)
+    missing = [flag for flag, v in (("--coordinator HOST:PORT (or LOPT_COORDINATOR)", coordinator),
+                                    ("--num-processes N (or LOPT_NUM_PROCESSES)", num_processes),
+                                    ("--process-id I (or LOPT_PROCESS_ID)", process_id)) if v is None]
+    if missing:
+        raise DistributedError("--distributed needs " + ", ".join(missing))
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65535:
+        raise DistributedError(f"coordinator {coordinator!r} must look like HOST:PORT "
+                               "with PORT < 65535 (PORT+1 is used too)")
+    if num_processes < 1:
+        raise DistributedError(f"--num-processes must be >= 1, got {num_processes}")
+    if not 0 <= process_id < num_processes:
+        raise DistributedError(f"--process-id must be in [0, {num_processes - 1}], got {process_id}")
+    timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+    if not timeout > 0:
+        raise DistributedError(f"--dist-timeout must be > 0 seconds, got {timeout:g}")
+    return DistConfig(coordinator, int(num_processes), int(process_id), timeout)
+
+
+# ---------------------------------------------------------------- pre-flight rendezvous
+
+def _missing_message(cfg: DistConfig, seen) -> str:
+    absent = [i for i in range(cfg.num_processes) if i not in seen]
+    return (f"only processes {sorted(seen)} of {cfg.num_processes} reached coordinator "
+            f"{cfg.coordinator} within {cfg.timeout:g} s; start the others with --process-id "
+            f"{' / '.join(map(str, absent))} or raise --dist-timeout")
+
+
+def _readline(conn: socket.socket, deadline: float) -> str:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        conn.settimeout(max(deadline - time.monotonic(), 0.01))
+        chunk = conn.recv(256)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace").strip()
+
+
+def _listen(port: int) -> socket.socket:
+    try:
+        if socket.has_dualstack_ipv6():
+            return socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True,
+                                        reuse_port=False)
+        return socket.create_server(("", port))
+    except OSError as e:
+        raise DistributedError(f"process 0 cannot listen on port {port} (coordinator port + 1): "
+                               f"{e.strerror or e}; choose another --coordinator port") from None
+
+
+def _serve(cfg: DistConfig, deadline: float) -> None:
+    """Process 0: accept the others until all N-1 said hello or the deadline passes."""
+    peers: dict[int, socket.socket] = {}
+    error = None
+    with _listen(cfg.rendezvous_port) as server:
+        while len(peers) < cfg.num_processes - 1 and time.monotonic() < deadline:
+            server.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                conn, _ = server.accept()
+            except (socket.timeout, TimeoutError):
+                break
+            try:
+                words = _readline(conn, min(deadline, time.monotonic() + 5)).split()
+            except OSError:
+                conn.close()
+                continue
+            if len(words) != 3 or words[0] != _HELLO or not (words[1] + words[2]).isdigit():
+                conn.close()            # not one of ours (a port scanner, a stale client)
+                continue
+            pid, n = int(words[1]), int(words[2])
+            if n != cfg.num_processes:
+                error = (f"process {pid} was started with --num-processes {n}, process 0 with "
+                         f"{cfg.num_processes}; use the same value everywhere")
+            elif pid == 0 or pid in peers:
+                error = f"two processes were started with --process-id {pid}; give each its own id"
+            peers[pid] = conn
+            if error:
+                break
+        ok = error is None and len(peers) == cfg.num_processes - 1
+        if not ok and error is None:
+            error = _missing_message(cfg, {0, *peers})
+        for conn in peers.values():
+            try:
+                conn.sendall(b"ok\n" if ok else f"fail {error}\n".encode())
+            except OSError:
+                pass
+            conn.close()
+    if not ok:
+        raise DistributedError(error)
+
+
+def _join(cfg: DistConfig, deadline: float) -> None:
+    """Process I > 0: connect to process 0 (retrying until the deadline), say hello, and
+    wait for process 0's verdict."""
+    addr = (cfg.host, cfg.rendezvous_port)
+    last = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DistributedError(
+                f"process {cfg.process_id} could not reach process 0 at {cfg.host}:{cfg.rendezvous_port} "
+                f"(coordinator {cfg.coordinator} + 1) within {cfg.timeout:g} s ({last}); start process 0 "
+                "with --process-id 0 and the same --coordinator, or raise --dist-timeout")
+        try:
+            conn = socket.create_connection(addr, timeout=min(left, 2.0))
+            break
+        except OSError as e:
+            last = e.strerror or e.__class__.__name__
+            time.sleep(min(0.2, max(left, 0)))
+    with conn:
+        try:
+            conn.sendall(f"{_HELLO} {cfg.process_id} {cfg.num_processes}\n".encode())
+            # Process 0 answers when everyone is there or at its deadline, which may be a
+            # little after ours: wait a few seconds longer than our own deadline.
+            reply = _readline(conn, deadline + 5)
+        except OSError as e:
+            reply = f"fail lost the connection to process 0 ({e.__class__.__name__})"
+    if reply == "ok":
+        return
+    if reply.startswith("fail "):
+        raise DistributedError(reply[5:])
+    raise DistributedError(f"no answer from process 0 at {cfg.host}:{cfg.rendezvous_port} within "
+                           f"{cfg.timeout:g} s; raise --dist-timeout")
+
+
+def rendezvous(cfg: DistConfig) -> None:
+    """All ``num_processes`` meet over TCP on the coordinator's port + 1, or every one that
+    is there raises DistributedError within about ``timeout`` seconds."""
+    if cfg.num_processes == 1:
+        return
+    deadline = time.monotonic() + cfg.timeout
+    (_serve if cfg.process_id == 0 else _join)(cfg, deadline)
+
+
+# ---------------------------------------------------------------- jax.distributed
+
+def initialize(cfg: DistConfig) -> None:
+    """Rendezvous, then ``jax.distributed.initialize``. Must run before anything touches a
+    jax backend (no jax.devices(), no arrays) in this process."""
+    import jax
+
+    rendezvous(cfg)
+    # Cross-process collectives on CPU need gloo; it does not affect GPU/TPU backends.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    secs = max(10, math.ceil(cfg.timeout))
+    jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id,
+                               initialization_timeout=secs, heartbeat_timeout_seconds=secs,
+                               shutdown_timeout_seconds=secs)
+    # jax installs a preemption notifier that swallows SIGTERM (for checkpoint-on-preemption,
+    # which this trainer does not use): without this, `kill PID` would not stop a process.
+    # The other processes then end after the heartbeat timeout.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def shutdown() -> None:
+    """Leave the process group (a barrier: every process waits for the others)."""
+    import jax
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()
+
+
+def is_main_process() -> bool:
+    import jax
+    return jax.process_index() == 0
