@@ -75,18 +75,27 @@ def _resolve_config(out_dir: str, config: TrainConfig, resume: bool) -> TrainCon
     return config
 
 
-def _check_processes_agree(config: TrainConfig, start: int) -> None:
-    """With several processes: all must resume from the same step with the same config
-    (they would otherwise run different numbers of collective steps and hang)."""
+def _same_on_all_processes(value: int) -> list[int] | None:
+    """None when every process passed the same ``value``, else the list of all values.
+    A collective: with several processes all of them must call it."""
     if jax.process_count() == 1:
-        return
+        return None
     from jax.experimental import multihost_utils
-    mine = np.array([start, zlib.crc32(config.to_json().encode())], np.int64)
-    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), 2)
-    if not (every == every[0]).all():
+    every = np.asarray(multihost_utils.process_allgather(np.array([value], np.int64))).ravel()
+    return None if (every == every[0]).all() else every.tolist()
+
+
+def _check_processes_agree(config: TrainConfig, start: int | None = None) -> None:
+    """With several processes: all must run the same config and resume from the same step
+    (they would otherwise run different collective programs or step counts and hang)."""
+    if start is None:
+        if _same_on_all_processes(zlib.crc32(config.to_json().encode())) is not None:
+            raise DistributedError("the processes were started with different configs; pass the "
+                                   "same --config and --set options to every process")
+    elif (steps := _same_on_all_processes(start)) is not None:
         raise DistributedError(
-            f"processes disagree on the run to continue (start steps {every[:, 0].tolist()}); the run "
-            "directory must be on a filesystem all hosts see, with the same --config/--set everywhere")
+            f"processes would continue from different steps {steps}; the run directory must "
+            "be on a filesystem all hosts see")
 
 
 def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: bool = True,
@@ -97,6 +106,7 @@ def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: boo
     Returns (final state as numpy, metric records, summary)."""
     main = jax.process_index() == 0
     config = _resolve_config(out_dir, config, resume)
+    _check_processes_agree(config)
     if main:
         os.makedirs(out_dir, exist_ok=True)
         atomic_write_bytes(os.path.join(out_dir, "config.json"),
@@ -115,7 +125,7 @@ def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: boo
         state = trainer.place(jax.device_get(load_state(state_path, state)))
         start = int(state.step)
         records = [r for r in read_metrics(metrics_path) if r.get("step", 0) <= start]
-    _check_processes_agree(config, int(state.step))
+    _check_processes_agree(config, start=int(state.step))
     if main:
         _rewrite_metrics(metrics_path, records)
 
