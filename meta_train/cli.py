@@ -53,7 +53,8 @@ def cmd_train(args) -> int:
     if args.list_configs:
         print(_configs_help())
         return 0
-    cfg = get_config(args.config, args.set)
+    overrides = args.set + ([f"estimator={args.estimator}"] if args.estimator else [])
+    cfg = get_config(args.config, overrides)
     out = args.out or os.path.join("runs", args.config)
     if not args.distributed and (args.coordinator or args.num_processes is not None
                                  or args.process_id is not None):
@@ -186,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="meta-train a learned optimizer, save it and write a report",
-                       description="Meta-train a learned optimizer with PES on a task family. Writes "
+                       description="Meta-train a learned optimizer on a task family (PES by default, "
+                                   "or truncated ES, full-episode ES, truncated BPTT). Writes "
                                    "config.json, metrics.jsonl, meta_training.png, train_state.npz "
                                    "(atomic, every checkpoint_every steps) and optimizer.npz into --out, "
                                    "then a report in --out/report.",
@@ -195,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "--set outer_steps=600 --set 'family_kwargs={\"hidden_sizes\": [64]}'")
     t.add_argument("--config", default="default", help="named config (default: %(default)s)")
     t.add_argument("--out", help="run directory (default: runs/CONFIG)")
+    t.add_argument("--estimator", choices=["pes", "tes", "full_es", "tbptt"],
+                   help="outer gradient estimator: PES (default: unbiased), truncated ES, full-episode "
+                        "ES or truncated BPTT (biased for short truncations); options via --set: "
+                        "sigma, num_pairs, truncation_length, antithetic, loss_clip, sign_delta, "
+                        "full_es_loss")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field; VALUE is parsed as JSON when it can be")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
