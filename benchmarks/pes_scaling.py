@@ -30,6 +30,7 @@ def worker(args) -> None:
     import jax
 
     from benchmarks.throughput import best_time
+    from meta_train import sharding
     from meta_train.config import get_config
     from meta_train.trainer import MetaTrainer
 
@@ -49,10 +50,13 @@ def worker(args) -> None:
         rate = n_outer * tr.estimator.inner_steps_per_estimate / best_time(outer, args.repeats)
 
         # Reference: the same population stepping the same Unroll, each particle with its own
-        # copy of theta (as perturbed particles have), in one scan: no estimator at all.
+        # copy of theta (as perturbed particles have), sharded over the same devices, in one
+        # scan: no estimator at all.
         u, K = tr.unroll, cfg.truncation_length
         thetas = jax.tree.map(lambda x: jax.numpy.stack([x] * pop), state.theta)
         inner = jax.vmap(u.init)(thetas, jax.random.split(jax.random.PRNGKey(1), pop))
+        thetas, inner = jax.device_put((thetas, inner),
+                                       sharding.population_shardings(tr.mesh, (thetas, inner)))
 
         @jax.jit
         def plain(thetas, inner, key):

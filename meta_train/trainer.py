@@ -73,7 +73,7 @@ class MetaTrainer:
         self._init_jit = jax.jit(self._init, out_shardings=self.state_shardings)
         self.outer_step = jax.jit(self._outer_step, in_shardings=(self.state_shardings,),
                                   out_shardings=(self.state_shardings, rep))
-        # Evaluation is small: it runs replicated (every device the same held-out tasks).
+        # Evaluation: theta replicated, the held-out tasks split over devices when they divide.
         self.evaluate = jax.jit(self._evaluate, in_shardings=(self.state_shardings.theta,),
                                 out_shardings=rep)
 
@@ -115,6 +115,7 @@ class MetaTrainer:
 
     def _evaluate(self, theta):
         """Mean normalised training loss over ``eval_steps`` on fixed held-out tasks."""
-        losses = evaluate_trajectories(self.lopt, self.family, theta, self.eval_keys(),
+        keys = self.estimator.constrain(self.eval_keys())
+        losses = evaluate_trajectories(self.lopt, self.family, theta, keys,
                                        self.config.eval_steps, guard=self.guard)
         return {"eval_mean_loss": jnp.mean(losses), "eval_final_loss": jnp.mean(losses[:, -1])}
