@@ -13,7 +13,9 @@ import os
 
 import jax
 
+from tasks.autoencoder import AutoencoderFamily
 from tasks.base import Task, TaskError, TaskFamily
+from tasks.conv import ConvClassifierFamily
 from tasks.datasets import DATA_DIR_ENV
 from tasks.mlp import MLPClassifierFamily
 from tasks.quadratic import QuadraticFamily
@@ -47,6 +49,15 @@ _FAMILIES = {
                               "activation and init scale"),
     "mlp": _FamilySpec(MLPClassifierFamily, {}, "MLP on any dataset: dataset=NAME, embedded "
                        "or a TFDS dataset prepared in array_record format"),
+    "digits_conv": _FamilySpec(ConvClassifierFamily, {"dataset": "digits"},
+                               "2-D conv net (8, 16 channels, 3x3, stride 2, avg pool) on 8x8 "
+                               "digits; sampled activation and init scale"),
+    "mnist1d_conv": _FamilySpec(ConvClassifierFamily, {"dataset": "mnist1d"},
+                                "1-D conv net (8, 16 channels, width 3, stride 2, avg pool) on "
+                                "MNIST-1D; sampled activation and init scale"),
+    "digits_autoencoder": _FamilySpec(AutoencoderFamily, {"dataset": "digits"},
+                                      "MLP autoencoder 64-32-8-32-64 on digits, MSE / mean-image "
+                                      "MSE; sampled activation and init scale"),
 }
 
 _TASKS = {
@@ -56,6 +67,13 @@ _TASKS = {
                                     f"{act} MLP (32, 32) on {label}, init scale 1")
        for ds, label in (("mnist1d", "MNIST-1D"), ("digits", "sklearn digits"))
        for act in ("relu", "tanh")},
+    "digits_conv_relu": _TaskSpec("digits_conv", {}, {"activation": "relu"},
+                                  "relu 2-D conv net (8, 16) on sklearn digits, init scale 1"),
+    "mnist1d_conv_relu": _TaskSpec("mnist1d_conv", {}, {"activation": "relu"},
+                                   "relu 1-D conv net (8, 16) on MNIST-1D, init scale 1"),
+    "digits_autoencoder_relu": _TaskSpec("digits_autoencoder", {}, {"activation": "relu"},
+                                         "relu MLP autoencoder 64-32-8-32-64 on digits, "
+                                         "init scale 1"),
 }
 
 
