@@ -114,7 +114,7 @@ def cmd_report(args) -> int:
     command = "lopt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     rep = write_report(args.checkpoints, out, num_tasks=args.num_tasks, num_steps=args.steps,
                        long_factor=args.long_factor, ood_tasks=args.ood_tasks, guard=not args.no_guard,
-                       command=command, progress=_progress(args))
+                       command=command, progress=_progress(args), suite_names=args.suite)
     _print_summary(rep)
     return 0
 
@@ -171,6 +171,10 @@ def cmd_tasks(args) -> int:
         print(f"  {name:22s} {desc}")
     print("named tasks (for `lopt apply --task`):")
     for name, desc in tasks.list_tasks().items():
+        print(f"  {name:22s} {desc}")
+    from tasks.suites import list_suites
+    print("held-out evaluation suites (for `lopt report --suite`):")
+    for name, desc in list_suites().items():
         print(f"  {name:22s} {desc}")
     print("meta-training configs (for `lopt train --config`):")
     for name, cfg in NAMED_CONFIGS.items():
@@ -256,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="long-horizon suite = this many times the horizon; 1 skips it (default: %(default)s)")
     r.add_argument("--ood-tasks", type=int, default=4,
                    help="tasks per out-of-distribution suite; 0 skips them (default: %(default)s)")
+    r.add_argument("--suite", action="append", metavar="NAME",
+                   help="evaluate on this named held-out suite instead (repeatable; see `lopt tasks`)")
     r.add_argument("--no-guard", action="store_true", help="skip the loss-guarded versions")
     r.add_argument("--no-progress", action="store_true", help="no progress messages")
     r.set_defaults(fn=cmd_report)

@@ -85,6 +85,12 @@ def suites_for(train_config: dict, num_tasks: int = 8, num_steps: int | None = N
     return out
 
 
+def suite_from_spec(spec) -> Suite:
+    """A named suite (tasks.suites.SuiteSpec) as a Suite."""
+    return Suite(spec.name, f"{spec.kind}: {spec.description}", spec.get_family(), spec.num_tasks,
+                 spec.num_steps, spec.seed)
+
+
 def held_out_cfgs(family, num_tasks: int, seed: int = HELD_OUT_SEED):
     keys = jax.random.split(jax.random.PRNGKey(seed), 2 * num_tasks)
     return jax.vmap(family.sample)(keys[:num_tasks]), keys[num_tasks:]
@@ -190,5 +196,5 @@ def load_entries(paths: list[str]) -> tuple[list[Entry], list[dict]]:
     return entries, metas
 
 
-__all__ = ["Suite", "Entry", "suites_for", "run_suite", "summarize_suite", "load_entries",
+__all__ = ["Suite", "Entry", "suites_for", "suite_from_spec", "run_suite", "summarize_suite", "load_entries",
            "held_out_cfgs", "task_label", "OOD_FAMILIES", "ADAM_DEFAULT", "ADAM_TUNED"]

@@ -89,9 +89,10 @@ def _meta_training_section(paths, entries, metas, out_dir) -> list[str]:
 
 def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int | None = None,
                  long_factor: int = 5, ood_tasks: int = 4, guard: bool = True,
-                 command: str | None = None, progress=None) -> dict:
+                 command: str | None = None, progress=None, suite_names=None) -> dict:
     """Evaluate ``checkpoints`` (one path or a list) on the held-out suites of the first
-    checkpoint's meta-training family; writes report.md, report.json and one PNG per suite."""
+    checkpoint's meta-training family, or on the named suites ``suite_names`` (see
+    ``tasks.suites``); writes report.md, report.json and one PNG per suite."""
     paths = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
     entries, metas = cmp.load_entries(paths)
     tc = metas[0].get("train_config") or {}
@@ -99,10 +100,15 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
         raise tasks.TaskError(f"{paths[0]} does not record its meta-training family; "
                               "it cannot be evaluated on held-out tasks of its family")
     others = {m.get("train_config", {}).get("family") for m in metas[1:]} - {tc["family"]}
-    if others:
+    if suite_names:
+        from tasks.suites import get_suite
+        suites = [cmp.suite_from_spec(get_suite(n)) for n in suite_names]
+    elif others:
         raise tasks.TaskError(f"checkpoints were meta-trained on different families "
-                              f"({tc['family']!r} and {sorted(map(str, others))}); report them separately")
-    suites = cmp.suites_for(tc, num_tasks, num_steps, long_factor, ood_tasks)
+                              f"({tc['family']!r} and {sorted(map(str, others))}); report them separately "
+                              "or on named suites (--suite)")
+    else:
+        suites = cmp.suites_for(tc, num_tasks, num_steps, long_factor, ood_tasks)
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
     results, summary = [], {}

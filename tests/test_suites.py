@@ -1,0 +1,63 @@
+"""Named held-out suites: fixed tasks, listed by name, usable by the report."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import learned_opt
+import tasks
+from meta_train import compare as cmp
+from meta_train.report import write_report
+from tasks.suites import KINDS, get_suite, list_suites
+
+
+def test_every_listed_suite_resolves_to_fixed_tasks():
+    names = list_suites()
+    for must in ("mnist1d_mlp", "mnist1d_mlp_long", "digits_mlp", "mnist1d_mlp_deep"):
+        assert must in names
+    kinds = set()
+    for name in names:
+        spec = get_suite(name)
+        kinds.add(spec.kind)
+        assert spec.kind in KINDS and spec.num_tasks >= 1 and spec.num_steps >= 1
+        assert spec.family in tasks.list_families()
+    assert kinds == set(KINDS)          # every kind is represented
+    # The same name means the same task configs, call after call.
+    a, _ = cmp.held_out_cfgs(get_suite("digits_mlp").get_family(), 4, get_suite("digits_mlp").seed)
+    b, _ = cmp.held_out_cfgs(get_suite("digits_mlp").get_family(), 4, get_suite("digits_mlp").seed)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_named_in_distribution_suite_is_the_reports_default():
+    """lopt report's default in-distribution suite for the default config and the named
+    suite are the same tasks at the same horizon."""
+    default = cmp.suites_for({"family": "mnist1d_mlp", "max_episode_length": 400})[0]
+    named = cmp.suite_from_spec(get_suite("mnist1d_mlp"))
+    assert (named.num_tasks, named.num_steps, named.seed) == (default.num_tasks, default.num_steps, default.seed)
+    ca, _ = cmp.held_out_cfgs(default.family, 8, default.seed)
+    cb, _ = cmp.held_out_cfgs(named.family, 8, named.seed)
+    for x, y in zip(jax.tree.leaves(ca), jax.tree.leaves(cb)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_unknown_suite_is_a_task_error():
+    with pytest.raises(tasks.TaskError, match="unknown suite 'nope'"):
+        get_suite("nope")
+
+
+def test_report_on_a_named_suite(tmp_path):
+    lopt = learned_opt.make("mlp")
+    path = str(tmp_path / "opt.npz")
+    learned_opt.save(path, lopt, lopt.init(jax.random.PRNGKey(0)),
+                     {"train_config": {"family": "mnist1d_mlp"}, "outer_steps": 0})
+    rep = write_report(path, str(tmp_path / "rep"), guard=False, suite_names=["quadratic_30d"])
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    rows = data["summary"]["quadratic_30d"]
+    by_label = {r["optimizer"]: r for r in rows}
+    # Tuned Adam is the reference (ratio 1 on every task); Adam at 1e-3 cannot beat it.
+    assert by_label[cmp.ADAM_TUNED]["median_ratio"] == pytest.approx(1.0)
+    assert by_label[cmp.ADAM_DEFAULT]["median_ratio"] >= 1.0
+    assert by_label["mlp"]["num_tasks"] == 4
+    assert rep["path"].endswith("report.md")
