@@ -70,12 +70,48 @@ def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
-    """Load dataset ``name`` (embedded or prepared TFDS); see the module docstring."""
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
+                 image_size: tuple[int, int] | None = None) -> Dataset:
+    """Load dataset ``name`` (embedded or prepared TFDS); see the module docstring.
+    ``image_size=(h, w)`` resizes an image dataset (input_shape (H, W, C)), see ``resized``."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise TaskError(f"invalid dataset name {name!r}; embedded datasets: "
                         f"{', '.join(EMBEDDED)}; other names are TFDS dataset names")
-    return _load_cached(name, str(resolve_data_dir(data_dir)))
+    ds = _load_cached(name, str(resolve_data_dir(data_dir)))
+    if image_size is not None:
+        ds = _resized_cached(ds, tuple(int(v) for v in image_size))
+    return ds
+
+
+def resized(ds: Dataset, size: tuple[int, int]) -> Dataset:
+    """Every image of ``ds`` (input_shape (H, W, C)) resized to ``size`` = (h, w) with
+    antialiased bilinear interpolation (``jax.image.resize``), so a large dataset can feed a
+    small model: e.g. 28x28 MNIST at 8x8 for models built for digits. Values stay in the
+    original range; a constant image stays constant."""
+    if len(ds.input_shape) != 3:
+        raise TaskError(f"dataset {ds.name!r} has examples of shape {ds.input_shape}, not "
+                        "images (H, W, C); image_size applies only to image datasets")
+    if not (len(size) == 2 and all(isinstance(v, int) and v >= 1 for v in size)):
+        raise TaskError(f"image_size must be two positive integers (h, w), got {size!r}")
+    import jax
+    H, W, C = ds.input_shape
+    h, w = size
+
+    def resize(x):
+        out = []
+        for i in range(0, len(x), 4096):   # bounded memory for large datasets
+            chunk = x[i:i + 4096].reshape(-1, H, W, C)
+            out.append(np.asarray(jax.image.resize(chunk, (len(chunk), h, w, C), "linear",
+                                                   antialias=True)).reshape(len(chunk), -1))
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, h * w * C), np.float32)
+
+    xs = {f"x_{s}": resize(ds.split(s)[0]) for s in SPLITS}
+    return dataclasses.replace(ds, input_shape=(h, w, C), **xs)
+
+
+@functools.lru_cache(maxsize=8)
+def _resized_cached(ds: Dataset, size: tuple[int, int]) -> Dataset:
+    return resized(ds, size)
 
 
 def clear_cache() -> None:

@@ -33,7 +33,8 @@ class MLPClassifierFamily(TaskFamily):
 
     def __init__(self, dataset: str = "mnist1d", hidden_sizes=(32, 32), batch_size: int = 128,
                  activations=DEFAULT_ACTIVATIONS, min_init_scale: float = 0.5,
-                 max_init_scale: float = 2.0, data_dir: str | None = None):
+                 max_init_scale: float = 2.0, data_dir: str | None = None,
+                 image_size: tuple[int, int] | None = None):
         hidden_sizes = tuple(hidden_sizes) if isinstance(hidden_sizes, (list, tuple)) else None
         if hidden_sizes is None or not all(is_int(w) and w >= 1 for w in hidden_sizes):
             raise TaskError("mlp: hidden_sizes must be a list of positive integers")
@@ -49,7 +50,12 @@ class MLPClassifierFamily(TaskFamily):
                 and 0 < min_init_scale <= max_init_scale):
             raise TaskError("mlp: need 0 < min_init_scale <= max_init_scale, got "
                             f"{min_init_scale!r}, {max_init_scale!r}")
-        ds = load_dataset(dataset, data_dir)
+        if image_size is not None:
+            if not (isinstance(image_size, (list, tuple)) and len(image_size) == 2
+                    and all(is_int(v) and v >= 1 for v in image_size)):
+                raise TaskError(f"mlp: image_size must be [h, w] (positive integers), got {image_size!r}")
+            image_size = tuple(int(v) for v in image_size)
+        ds = load_dataset(dataset, data_dir, image_size)
         self.name = f"{dataset}_mlp"
         self.dataset, self.hidden_sizes, self.batch_size = dataset, hidden_sizes, int(batch_size)
         self.activations = activations

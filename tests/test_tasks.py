@@ -375,3 +375,13 @@ def test_tfds_array_record_image_dataset_is_read(tmp_path):
     family = tasks.get_family("mlp", dataset="tiny_images", data_dir=str(tmp_path))
     assert family.name == "tiny_images_mlp" and family.num_features == 784
     assert family.split_sizes == ds.sizes()
+    # Resized for a small model: constant images (all but one pixel) stay constant.
+    small = tasks.load_dataset("tiny_images", data_dir=tmp_path, image_size=(8, 8))
+    assert small.input_shape == (8, 8, 1) and small.x_test.shape == (10, 64)
+    i = np.rint(ds.x_test[:, 1] * 255 / 5)
+    np.testing.assert_allclose(small.x_test[:, -1], i * 5 / 255, atol=1e-6)   # far corner
+    assert np.all(small.x_test[:, 0] > small.x_test[:, -1])                   # the bright pixel
+    fam8 = tasks.get_family("mlp", dataset="tiny_images", data_dir=str(tmp_path), image_size=[8, 8])
+    assert fam8.num_features == 64
+    with pytest.raises(tasks.TaskError, match="not images"):
+        tasks.load_dataset("mnist1d", image_size=(8, 8))
