@@ -18,6 +18,7 @@ from tasks.base import Task, TaskError, TaskFamily
 from tasks.conv import ConvClassifierFamily
 from tasks.datasets import DATA_DIR_ENV
 from tasks.mlp import MLPClassifierFamily
+from tasks.parametric import ParametricImageMLPFamily
 from tasks.quadratic import QuadraticFamily
 
 HELD_OUT_SEED = 10_000_019  # periodic evaluation during meta-training uses this stream
@@ -58,6 +59,10 @@ _FAMILIES = {
     "digits_autoencoder": _FamilySpec(AutoencoderFamily, {"dataset": "digits"},
                                       "MLP autoencoder 64-32-8-32-64 on digits, MSE / mean-image "
                                       "MSE; sampled activation and init scale"),
+    "image_mlp": _FamilySpec(ParametricImageMLPFamily, {},
+                             "MLPs with sampled dataset (mnist1d/digits), depth U{1..3}, widths "
+                             "U{16,32,64} per layer, activation U(8 kinds), log init scale "
+                             "U[log .5, log 2], batch U{32,64,128}; one compile"),
 }
 
 _TASKS = {
@@ -74,6 +79,13 @@ _TASKS = {
     "digits_autoencoder_relu": _TaskSpec("digits_autoencoder", {}, {"activation": "relu"},
                                          "relu MLP autoencoder 64-32-8-32-64 on digits, "
                                          "init scale 1"),
+    "image_mlp_deep_gelu": _TaskSpec("image_mlp", {}, {
+        "dataset": "digits", "depth": 3, "widths": 64, "activation": "gelu", "batch_size": 128},
+        "gelu MLP (64, 64, 64) on sklearn digits, batch 128, init scale 1 (image_mlp family)"),
+    "image_mlp_tapered_silu": _TaskSpec("image_mlp", {}, {
+        "dataset": "mnist1d", "depth": 3, "widths": [64, 32, 16], "activation": "silu",
+        "batch_size": 64},
+        "silu MLP (64, 32, 16) on MNIST-1D, batch 64, init scale 1 (image_mlp family)"),
 }
 
 
