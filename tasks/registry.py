@@ -18,8 +18,10 @@ from tasks.base import Task, TaskError, TaskFamily
 from tasks.conv import ConvClassifierFamily
 from tasks.datasets import DATA_DIR_ENV
 from tasks.mlp import MLPClassifierFamily
+from tasks.nqm import NQMFamily
 from tasks.parametric import ParametricImageMLPFamily
 from tasks.quadratic import QuadraticFamily
+from tasks.sequence import TextRNNFamily
 
 HELD_OUT_SEED = 10_000_019  # periodic evaluation during meta-training uses this stream
 
@@ -63,6 +65,13 @@ _FAMILIES = {
                              "MLPs with sampled dataset (mnist1d/digits), depth U{1..3}, widths "
                              "U{16,32,64} per layer, activation U(8 kinds), log init scale "
                              "U[log .5, log 2], batch U{32,64,128}; one compile"),
+    "text_rnn": _FamilySpec(TextRNNFamily, {},
+                            "character-level GRU (64) language model on Python stdlib docstrings "
+                            "(ships with Python), windows of 32; sampled activation and init "
+                            "scale; cell=rnn/gru/lstm"),
+    "nqm": _FamilySpec(NQMFamily, {}, "noisy quadratic model (Zhang et al. 2019), 100-d, gradient "
+                       "noise variance s*h; condition number log-uniform in [10, 1e4], s in "
+                       "[1e-3, 1]"),
 }
 
 _TASKS = {
@@ -86,6 +95,12 @@ _TASKS = {
         "dataset": "mnist1d", "depth": 3, "widths": [64, 32, 16], "activation": "silu",
         "batch_size": 64},
         "silu MLP (64, 32, 16) on MNIST-1D, batch 64, init scale 1 (image_mlp family)"),
+    "text_rnn_lm": _TaskSpec("text_rnn", {}, {},
+                             "tanh GRU (64) character LM on Python stdlib docstrings, windows of "
+                             "32, batch 32, init scale 1"),
+    "nqm_ill_conditioned": _TaskSpec("nqm", {}, {"cond": 1e4, "noise_scale": 0.1},
+                                     "100-d noisy quadratic model, geometric spectrum, condition "
+                                     "number 1e4, gradient noise variance 0.1*h"),
 }
 
 
