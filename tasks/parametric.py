@@ -181,7 +181,7 @@ class ParametricImageMLPFamily(TaskFamily):
     # ------------------------------------------------------------------ cfgs
 
     def sample(self, key):
-        """One uniform draw for all fields (one RNG call: ~5x faster to compile on CPU)."""
+        """One uniform draw for all fields (one RNG call: ~4x faster to compile on CPU)."""
         L = self.max_depth
         u = jax.random.uniform(key, (5 + L,))
 

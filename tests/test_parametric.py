@@ -224,7 +224,8 @@ def test_adam_trains_sampled_configs(family):
 
     cfgs = some_cfgs(family, 6, seed=8)  # includes a 3-layer sigmoid at scale 0.59
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *cfgs)
-    params, final = jax.tree.map(np.asarray, run(stacked, jax.random.split(jax.random.PRNGKey(6), 6)))
+    keys = jax.random.split(jax.random.PRNGKey(6), 6)
+    params, final = jax.tree.map(np.asarray, run(stacked, keys))
     before, after, key = np.zeros(6), np.zeros(6), jax.random.PRNGKey(0)
     for i, cfg in enumerate(cfgs):  # full validation split of the sampled dataset
         for out, p in ((before, params), (after, final)):
