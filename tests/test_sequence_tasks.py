@@ -25,7 +25,7 @@ def tiny():
 
 # ---------------------------------------------------------------- corpus
 
-def test_corpus_vocabulary_splits_and_determinism(tmp_path, monkeypatch):
+def test_corpus_vocabulary_and_splits(tmp_path, monkeypatch):
     docs = text.load_text("stdlib_docs")
     assert len(docs) > 200_000 and "Return" in docs
     ids = text.encode(docs)
@@ -142,10 +142,6 @@ def test_windows_come_from_their_split_and_targets_are_shifted(tiny):
         windows = np.concatenate([inputs, targets[..., -1:]], -1).reshape(-1, 6)
         haystack = splits[split].astype(np.uint8).tobytes()
         assert all(w.astype(np.uint8).tobytes() in haystack for w in windows)
-    # the last possible window of a split is reachable, none goes past its end
-    ids = family.data["validation"]
-    starts = jax.random.randint(jax.random.PRNGKey(0), (100_000,), 0, ids.shape[0] - 5)
-    assert int(starts.max()) == ids.shape[0] - 6
     # eval windows tile the split: every character but the first is a target exactly once
     x, y = family.eval_windows("test")
     n = x.size
