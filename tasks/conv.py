@@ -53,16 +53,21 @@ def example_shape(dataset: str, input_shape: tuple) -> tuple:
                     "need a 1-D signal or an (H, W[, C]) image dataset")
 
 
+def conv_layer(h, w, b, stride: int):
+    """"SAME" convolution of ``h`` (N, *spatial, Cin) with kernel ``w`` (*window, Cin, Cout)
+    at ``stride`` on every spatial axis, plus bias ``b`` (Cout,)."""
+    nd = h.ndim - 2
+    return jax.lax.conv_general_dilated(h, w, (stride,) * nd, "SAME",
+                                        dimension_numbers=_DIMENSION_NUMBERS[nd]) + b
+
+
 def conv_forward(params, x, act, stride: int):
     """Logits of the conv net for inputs ``x`` of shape (N, *spatial, C); ``act`` is a
     function. Works for any spatial size (the head sees globally pooled features)."""
     nd = x.ndim - 2
     h, i = x, 0
     while f"conv_{i}" in params:
-        p = params[f"conv_{i}"]
-        h = jax.lax.conv_general_dilated(h, p["w"], (stride,) * nd, "SAME",
-                                         dimension_numbers=_DIMENSION_NUMBERS[nd])
-        h = act(h + p["b"])
+        h = act(conv_layer(h, params[f"conv_{i}"]["w"], params[f"conv_{i}"]["b"], stride))
         i += 1
     h = jnp.mean(h, axis=tuple(range(1, 1 + nd)))
     return h @ params["logits"]["w"] + params["logits"]["b"]
@@ -87,10 +92,14 @@ def check_common_args(prefix, batch_size, activations, min_init_scale, max_init_
 
 
 def activation_fn(activations, index):
-    """act(h) for a (possibly traced) index into the tuple of names ``activations``."""
+    """act(h) for a (possibly traced) index into the tuple of names ``activations``: a
+    concrete index picks the function directly (one branch to compile), a traced one
+    (sampled cfgs under jit/vmap) selects with ``lax.switch``."""
     fns = [ACTIVATIONS[a] for a in activations]
     if len(fns) == 1:
         return fns[0]
+    if not isinstance(index, jax.core.Tracer):
+        return fns[int(index)]
     return lambda h: jax.lax.switch(index, fns, h)
 
 
