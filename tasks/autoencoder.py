@@ -84,9 +84,14 @@ class AutoencoderFamily(TaskFamily):
 
     def _scaled_init(self, key, init_scale):
         hidden = {k: v for k, v in self.param_shapes.items() if k != "output"}
-        params = scaled_init(key, hidden, init_scale)
-        params["output"] = {"w": jnp.zeros(self.param_shapes["output"], jnp.float32),
-                            "b": self._output_bias}
+        k_hidden, k_out = jax.random.split(key)
+        params = scaled_init(k_hidden, hidden, init_scale)
+        # W = 0, written as 0 * (a draw) rather than jnp.zeros: XLA:CPU in jaxlib 0.10.2
+        # miscompiles a jitted matmul with a constant (broadcast) operand fused into a
+        # reduction (its "ynn" fusion returns garbage), which a jit that inits and then
+        # evaluates the loss would hit. x * 0 is not folded for floats, so W stays an array.
+        w = 0.0 * jax.random.uniform(k_out, self.param_shapes["output"], jnp.float32)
+        params["output"] = {"w": w, "b": self._output_bias}
         return params
 
     def sample(self, key):

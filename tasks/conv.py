@@ -54,7 +54,7 @@ def example_shape(dataset: str, input_shape: tuple) -> tuple:
 
 
 def conv_layer(h, w, b, stride: int):
-    """"SAME" convolution of ``h`` (N, *spatial, Cin) with kernel ``w`` (*window, Cin, Cout)
+    """'SAME' convolution of ``h`` (N, *spatial, Cin) with kernel ``w`` (*window, Cin, Cout)
     at ``stride`` on every spatial axis, plus bias ``b`` (Cout,)."""
     nd = h.ndim - 2
     return jax.lax.conv_general_dilated(h, w, (stride,) * nd, "SAME",

@@ -163,6 +163,10 @@ def test_autoencoder_normaliser_mean_image_and_adam_improves():
                                                       (5, 64)), rtol=1e-5, atol=1e-7)
     _, _, evals0 = evaluator(family)(cfg, params, jax.random.PRNGKey(1))
     np.testing.assert_allclose(task.normalizer(evals0["train"]), 1.0, atol=1e-4)
+    # Same inside one jit that also inits: guards against XLA:CPU's miscompiled matmul with
+    # a constant operand (jaxlib 0.10.2), which a jnp.zeros output layer would hit.
+    at_init = jax.jit(lambda k: task.normalizer(task.eval_loss(task.init(k), "train")))
+    np.testing.assert_allclose(at_init(jax.random.PRNGKey(0)), 1.0, atol=1e-4)
     # The loss is the mean squared error of the written-out network.
     rng = np.random.default_rng(0)
     p = jax.tree.map(lambda a: a + 0.1 * rng.standard_normal(a.shape, np.float32), params)
