@@ -114,6 +114,10 @@ NAMED_CONFIGS: dict[str, TrainConfig] = {
     "digits": TrainConfig(
         family="digits_mlp",
         description="As default, on scikit-learn digits (8x8)."),
+    "image_mlp": TrainConfig(
+        family="image_mlp", outer_steps=2000, eval_every=250,
+        description="Per-parameter MLP optimizer on parametric image classifiers (sampled dataset, "
+                    "depth, widths, activation, init scale, batch size; docs/tasks.md)."),
     "quadratic": TrainConfig(
         family="quadratic", min_episode_length=50, max_episode_length=200,
         truncation_length=10, outer_steps=300, eval_steps=100, eval_every=50,
