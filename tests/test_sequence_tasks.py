@@ -5,8 +5,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from adam_helper import adam_run
 
 from tasks import text
 from tasks.base import TaskError
@@ -154,24 +154,7 @@ def test_windows_come_from_their_split_and_targets_are_shifted(tiny):
 
 def test_text_rnn_init_loss_and_adam_lowers_validation_loss():
     family = TextRNNFamily()  # the registered default: GRU 64, windows of 32, batches of 32
-    opt = optax.adam(1e-2)
-
-    @jax.jit
-    def run(cfg, key):
-        task = family.task(cfg)
-        k_init, k_run = jax.random.split(key)
-        params = task.init(k_init)
-
-        def step(carry, k):
-            p, s = carry
-            loss, g = jax.value_and_grad(task.loss)(p, k, task.sample_batch(k))
-            u, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, u), s), loss
-
-        (final, _), losses = jax.lax.scan(step, (params, opt.init(params)),
-                                          jax.random.split(k_run, 60))
-        return task.eval_loss(params), task.eval_loss(final), losses
-
+    run = adam_run(family, steps=60)
     before, after, losses = run(family.default_cfg(), jax.random.PRNGKey(0))
     # Random logits independent of the target cost log(V) plus ~half their variance.
     assert 0.99 < float(before) / LOG_V < 1.1

@@ -4,8 +4,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from adam_helper import adam_run
 
 import tasks
 from tasks import datasets
@@ -20,35 +20,6 @@ def session_data_dir(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _isolated_data_dir(session_data_dir, monkeypatch):
     monkeypatch.setenv("LOPT_DATA_DIR", str(session_data_dir))
-
-
-_RUNS = {}
-
-
-def adam_run(family, steps=50, lr=1e-2):
-    """A jitted run(cfg, key) -> (eval loss before, eval loss after, batch losses) of Adam on
-    family.task(cfg); compiled once per family and shared by all its cfgs."""
-    if family not in _RUNS:
-        opt = optax.adam(lr)
-
-        @jax.jit
-        def run(cfg, key):
-            task = family.task(cfg)
-            k_init, k_run = jax.random.split(key)
-            params = task.init(k_init)
-
-            def step(carry, k):
-                p, s = carry
-                l, g = jax.value_and_grad(task.loss)(p, k, task.sample_batch(k))
-                u, s = opt.update(g, s, p)
-                return (optax.apply_updates(p, u), s), l
-
-            (final, _), losses = jax.lax.scan(step, (params, opt.init(params)),
-                                              jax.random.split(k_run, steps))
-            return task.eval_loss(params), task.eval_loss(final), losses
-
-        _RUNS[family] = run
-    return _RUNS[family]
 
 
 def reference_logits(params, x, activation):
