@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks.base import Task, TaskError, TaskFamily, is_int
+from tasks.base import Task, TaskError, is_int
 from tasks.conv import (check_common_args, activation_fn, default_activation_cfg,
                         sample_activation_cfg, scaled_init)
+from tasks.classifier import DataFamily
 from tasks.datasets import SPLITS, load_dataset
 from tasks.mlp import DEFAULT_ACTIVATIONS
 
@@ -44,7 +45,7 @@ def autoencoder_forward(params, x, act):
     return jax.nn.sigmoid(h @ params["output"]["w"] + params["output"]["b"])
 
 
-class AutoencoderFamily(TaskFamily):
+class AutoencoderFamily(DataFamily):
     """MLP encoder-decoder reconstructing ``dataset`` images (see the module docstring)."""
 
     def __init__(self, dataset: str = "digits", hidden_sizes=(32, 8, 32), batch_size: int = 128,
@@ -101,11 +102,6 @@ class AutoencoderFamily(TaskFamily):
     def default_cfg(self, activation: str | None = None, init_scale: float = 1.0):
         """Deterministic cfg: ``activation`` (default relu, else the first one), scale 1."""
         return default_activation_cfg(self.activations, activation, init_scale)
-
-    def _split(self, split):
-        if split not in self.data:
-            raise TaskError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        return self.data[split]
 
     def reconstruct(self, cfg, params, x):
         """x_hat for flat images ``x`` (N, D)."""

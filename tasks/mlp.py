@@ -15,9 +15,9 @@ import math
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import optax
 
-from tasks.base import Task, TaskError, TaskFamily, is_int, is_number, log_uniform
+from tasks.base import TaskError, is_int, is_number, log_uniform
+from tasks.classifier import ClassifierFamily
 from tasks.datasets import SPLITS, load_dataset
 
 ACTIVATIONS = {
@@ -28,7 +28,7 @@ ACTIVATIONS = {
 DEFAULT_ACTIVATIONS = ("relu", "tanh", "gelu", "silu")
 
 
-class MLPClassifierFamily(TaskFamily):
+class MLPClassifierFamily(ClassifierFamily):
     """MLPs of fixed widths on ``dataset`` (see ``tasks.datasets.load_dataset``)."""
 
     def __init__(self, dataset: str = "mnist1d", hidden_sizes=(32, 32), batch_size: int = 128,
@@ -105,40 +105,5 @@ class MLPClassifierFamily(TaskFamily):
         return {"activation": jnp.asarray(self.activations.index(activation), jnp.int32),
                 "init_scale": jnp.asarray(init_scale, jnp.float32)}
 
-    def _split(self, split):
-        if split not in self.data:
-            raise TaskError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        return self.data[split]
-
     def logits(self, cfg, params, x):
         return self._apply(params, x, cfg["activation"])
-
-    def accuracy(self, cfg, params, split="test"):
-        """Fraction of ``split`` classified correctly (argmax of the logits)."""
-        x, y = self._split(split)
-        return jnp.mean(jnp.argmax(self.logits(cfg, params, x), -1) == y)
-
-    def task(self, cfg) -> Task:
-        log_k = math.log(self.num_classes)
-
-        def init(key):
-            return self._init(key, cfg["init_scale"])
-
-        def mean_xent(params, x, y):
-            logits = self.logits(cfg, params, x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        def loss(params, key, batch):
-            return mean_xent(params, batch["x"], batch["y"])
-
-        def sample_batch(key, split="train"):
-            x, y = self._split(split)
-            idx = jax.random.randint(key, (self.batch_size,), 0, y.shape[0])
-            return {"x": jnp.take(x, idx, axis=0), "y": jnp.take(y, idx, axis=0)}
-
-        def eval_loss(params, split="validation"):
-            """Mean loss over the whole split."""
-            return mean_xent(params, *self._split(split))
-
-        return Task(name=self.name, init=init, loss=loss, sample_batch=sample_batch,
-                    normalizer=lambda l: l / log_k, eval_loss=eval_loss)

@@ -47,7 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tasks.base import Task, TaskError, TaskFamily, is_int, is_number
+from tasks.base import Task, TaskError, is_int, is_number
+from tasks.classifier import DataFamily
 from tasks.datasets import SPLITS, Dataset, load_dataset
 from tasks.mlp import ACTIVATIONS
 
@@ -62,7 +63,7 @@ def _int_tuple(v, what, name="image_mlp"):
     return tuple(sorted(set(int(x) for x in v)))
 
 
-class ParametricImageMLPFamily(TaskFamily):
+class ParametricImageMLPFamily(DataFamily):
     """MLP classifiers of sampled depth/widths/activation/init scale/batch size/dataset.
 
     ``datasets`` holds names for ``tasks.datasets.load_dataset`` (or ``Dataset`` objects);
@@ -247,11 +248,6 @@ class ParametricImageMLPFamily(TaskFamily):
                 f" {widths} b={int(cfg['batch_size'])} scale={float(cfg['init_scale']):.3g}")
 
     # ------------------------------------------------------------------ tasks
-
-    def _split(self, split):
-        if split not in self.data:
-            raise TaskError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        return self.data[split]
 
     def _full_split(self, cfg, split):
         """The sampled dataset's whole split, padded to the longest one: (x, y, row mask, n)."""
