@@ -15,7 +15,8 @@ from tasks.registry import (
 
 __all__ = [
     "ACTIVATIONS", "AutoencoderFamily", "ConvClassifierFamily", "NQMFamily",
-    "ParametricImageMLPFamily", "TextRNNFamily", "Dataset", "DatasetNotFoundError", "HELD_OUT_SEED", "MLPClassifierFamily",
+    "ParametricImageMLPFamily", "TextRNNFamily", "Dataset", "DatasetNotFoundError", "HELD_OUT_SEED",
+    "MLPClassifierFamily",
     "QuadraticFamily", "Task", "TaskError", "TaskFamily", "family_kwargs",
     "family_name_of_task", "get_family", "get_task", "get_task_and_family", "held_out_keys",
     "list_families", "list_tasks", "load_dataset",

@@ -84,3 +84,23 @@ def is_number(v) -> bool:
     """A finite real number that is not a bool."""
     return (isinstance(v, (int, float, jnp.integer, jnp.floating)) and not isinstance(v, bool)
             and math.isfinite(float(v)))
+
+
+def check_activations(prefix: str, activations, known, distinct: bool = False) -> tuple:
+    """A name or list of names from ``known`` as a tuple (TaskError otherwise)."""
+    if isinstance(activations, str):
+        activations = (activations,)
+    activations = tuple(activations) if isinstance(activations, (list, tuple)) else ()
+    bad = [a for a in activations if not isinstance(a, str) or a not in known]
+    if bad or not activations:
+        raise TaskError(f"{prefix}: unknown activations {bad}; choose from {', '.join(known)}")
+    if distinct and len(set(activations)) != len(activations):
+        raise TaskError(f"{prefix}: activations must be distinct, got {activations!r}")
+    return activations
+
+
+def check_init_range(prefix: str, min_init_scale, max_init_scale) -> None:
+    if not (is_number(min_init_scale) and is_number(max_init_scale)
+            and 0 < min_init_scale <= max_init_scale):
+        raise TaskError(f"{prefix}: need 0 < min_init_scale <= max_init_scale, got "
+                        f"{min_init_scale!r}, {max_init_scale!r}")

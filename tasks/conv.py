@@ -28,7 +28,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from tasks.base import TaskError, is_int, is_number, log_uniform
+from tasks.base import TaskError, check_activations, check_init_range, is_int, log_uniform
 from tasks.classifier import ClassifierFamily
 from tasks.datasets import SPLITS, load_dataset
 from tasks.mlp import ACTIVATIONS, DEFAULT_ACTIVATIONS
@@ -77,17 +77,8 @@ def check_common_args(prefix, batch_size, activations, min_init_scale, max_init_
     """Validates the arguments conv and autoencoder families share; returns activations."""
     if not (is_int(batch_size) and batch_size >= 1):
         raise TaskError(f"{prefix}: batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(activations, str):
-        activations = (activations,)
-    activations = tuple(activations) if isinstance(activations, (list, tuple)) else ()
-    bad = [a for a in activations if not isinstance(a, str) or a not in ACTIVATIONS]
-    if bad or not activations:
-        raise TaskError(f"{prefix}: unknown activations {bad}; choose from "
-                        f"{', '.join(ACTIVATIONS)}")
-    if not (is_number(min_init_scale) and is_number(max_init_scale)
-            and 0 < min_init_scale <= max_init_scale):
-        raise TaskError(f"{prefix}: need 0 < min_init_scale <= max_init_scale, got "
-                        f"{min_init_scale!r}, {max_init_scale!r}")
+    activations = check_activations(prefix, activations, ACTIVATIONS)
+    check_init_range(prefix, min_init_scale, max_init_scale)
     return activations
 
 

@@ -16,7 +16,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from tasks.base import TaskError, is_int, is_number, log_uniform
+from tasks.base import TaskError, check_activations, check_init_range, is_int, log_uniform
 from tasks.classifier import ClassifierFamily
 from tasks.datasets import SPLITS, load_dataset
 
@@ -40,16 +40,8 @@ class MLPClassifierFamily(ClassifierFamily):
             raise TaskError("mlp: hidden_sizes must be a list of positive integers")
         if not (is_int(batch_size) and batch_size >= 1):
             raise TaskError(f"mlp: batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(activations, str):
-            activations = (activations,)
-        activations = tuple(activations) if isinstance(activations, (list, tuple)) else ()
-        bad = [a for a in activations if not isinstance(a, str) or a not in ACTIVATIONS]
-        if bad or not activations:
-            raise TaskError(f"mlp: unknown activations {bad}; choose from {', '.join(ACTIVATIONS)}")
-        if not (is_number(min_init_scale) and is_number(max_init_scale)
-                and 0 < min_init_scale <= max_init_scale):
-            raise TaskError("mlp: need 0 < min_init_scale <= max_init_scale, got "
-                            f"{min_init_scale!r}, {max_init_scale!r}")
+        activations = check_activations("mlp", activations, ACTIVATIONS)
+        check_init_range("mlp", min_init_scale, max_init_scale)
         if image_size is not None:
             if not (isinstance(image_size, (list, tuple)) and len(image_size) == 2
                     and all(is_int(v) and v >= 1 for v in image_size)):

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tasks.base import Task, TaskError, is_int, is_number
+from tasks.base import Task, TaskError, check_activations, check_init_range, is_int, is_number
 from tasks.classifier import DataFamily
 from tasks.datasets import SPLITS, Dataset, load_dataset
 from tasks.mlp import ACTIVATIONS
@@ -86,17 +86,8 @@ class ParametricImageMLPFamily(DataFamily):
             raise TaskError(f"image_mlp: max_depth must be a positive integer, got {max_depth!r}")
         self.width_choices = _int_tuple(widths, "widths")
         self.batch_choices = _int_tuple(batch_sizes, "batch_sizes")
-        if isinstance(activations, str):
-            activations = (activations,)
-        activations = tuple(activations) if isinstance(activations, (list, tuple)) else ()
-        bad = [a for a in activations if not isinstance(a, str) or a not in ACTIVATIONS]
-        if bad or not activations or len(set(activations)) != len(activations):
-            raise TaskError(f"image_mlp: activations must be distinct names from "
-                            f"{', '.join(ACTIVATIONS)}; got {activations!r}")
-        if not (is_number(min_init_scale) and is_number(max_init_scale)
-                and 0 < min_init_scale <= max_init_scale):
-            raise TaskError("image_mlp: need 0 < min_init_scale <= max_init_scale, got "
-                            f"{min_init_scale!r}, {max_init_scale!r}")
+        activations = check_activations("image_mlp", activations, ACTIVATIONS, distinct=True)
+        check_init_range("image_mlp", min_init_scale, max_init_scale)
         loaded = [d if isinstance(d, Dataset) else load_dataset(d, data_dir) for d in datasets]
         names = [d.name for d in loaded]
         if len(set(names)) != len(names):

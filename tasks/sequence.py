@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import optax
 
 from tasks import text
-from tasks.base import Task, TaskError, TaskFamily, is_int, is_number, log_uniform
+from tasks.base import (Task, TaskError, TaskFamily, check_activations, check_init_range, is_int,
+                        log_uniform)
 
 CELL_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 ACTIVATIONS = {"tanh": jnp.tanh, "soft_sign": jax.nn.soft_sign, "hard_tanh": jax.nn.hard_tanh}
@@ -53,17 +54,8 @@ class TextRNNFamily(TaskFamily):
                        ("batch_size", batch_size)):
             if not (is_int(v) and v >= 1):
                 raise TaskError(f"text_rnn: {arg} must be a positive integer, got {v!r}")
-        if isinstance(activations, str):
-            activations = (activations,)
-        activations = tuple(activations) if isinstance(activations, (list, tuple)) else ()
-        bad = [a for a in activations if not isinstance(a, str) or a not in ACTIVATIONS]
-        if bad or not activations:
-            raise TaskError(f"text_rnn: unknown activations {bad}; choose from "
-                            f"{', '.join(ACTIVATIONS)}")
-        if not (is_number(min_init_scale) and is_number(max_init_scale)
-                and 0 < min_init_scale <= max_init_scale):
-            raise TaskError("text_rnn: need 0 < min_init_scale <= max_init_scale, got "
-                            f"{min_init_scale!r}, {max_init_scale!r}")
+        activations = check_activations("text_rnn", activations, ACTIVATIONS)
+        check_init_range("text_rnn", min_init_scale, max_init_scale)
         splits = text.corpus_splits(corpus)  # TaskError if unknown or unreadable
         shortest = min(len(v) for v in splits.values())
         if seq_len + 1 > shortest:

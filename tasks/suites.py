@@ -3,7 +3,8 @@
 A suite is ``num_tasks`` tasks of one registered family, their configs drawn with
 ``family.sample`` from keys split off ``SUITE_SEED`` (a stream no meta-training run or
 periodic evaluation uses; task i gets ``family.sample(keys[i])`` and trains with
-``keys[num_tasks + i]`` of ``split(PRNGKey(seed), 2 * num_tasks)``), each trained for ``num_steps`` steps. The same name always
+``keys[num_tasks + i]`` of ``split(PRNGKey(seed), 2 * num_tasks)``), each trained for
+``num_steps`` steps. The same name always
 means the same tasks, initialisations and batches, on any machine.
 
 Kinds, relative to the default meta-training distribution (``mnist1d_mlp``):
@@ -57,7 +58,8 @@ _SPECS = [
 # parametric classifiers): listed only when their family is registered.
 _OPTIONAL = [
     SuiteSpec("image_mlp", "ood_architecture", "image_mlp", {}, 4, 400,
-              "4 parametric image classifiers (sampled depth, widths, activation, batch, dataset), 400 steps"),
+              "4 parametric image classifiers (sampled depth, widths, activation, batch, dataset), "
+              "400 steps"),
     SuiteSpec("digits_conv", "ood_architecture", "digits_conv", {}, 4, 400,
               "4 small conv nets on digits (8x8), 400 steps"),
     SuiteSpec("mnist1d_conv", "ood_architecture", "mnist1d_conv", {}, 4, 400,
