@@ -3,6 +3,8 @@
     make_baseline("adam", 1e-3)              -> optax.adam(1e-3)
     make_baseline("momentum", 0.01, momentum=0.9, nesterov=True)
 
+``LR_GRIDS[name]`` is the log grid an evaluation tunes ``name``'s learning rate over.
+
 Extra keyword arguments go to the optax constructor unchanged.
 """
 from __future__ import annotations
@@ -25,6 +27,8 @@ _BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "sgd": optax.sgd,
     "momentum": _momentum,
     "rmsprop": optax.rmsprop,
+    "lion": optax.lion,
+    "radam": optax.radam,
 }
 
 # Sensible untuned defaults; evaluations should tune over a grid instead.
@@ -34,6 +38,27 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
     "sgd": 1e-2,
     "momentum": 1e-2,
     "rmsprop": 1e-3,
+    "lion": 1e-4,
+    "radam": 1e-3,
+}
+
+
+def log_grid(lo_exp: float, hi_exp: float) -> tuple[float, ...]:
+    """Half-decade grid 10**lo_exp, 10**(lo_exp + 0.5), ..., 10**hi_exp (rounded to 3 digits)."""
+    n = int(round((hi_exp - lo_exp) * 2)) + 1
+    return tuple(float(f"{10 ** (lo_exp + 0.5 * i):.3g}") for i in range(n))
+
+
+# Learning-rate grids to tune each baseline over (half-decades around where it works; Lion
+# takes ~10x smaller steps than Adam, plain SGD/momentum larger ones).
+LR_GRIDS: dict[str, tuple[float, ...]] = {
+    "adam": log_grid(-5, 0),
+    "adamw": log_grid(-5, 0),
+    "radam": log_grid(-5, 0),
+    "rmsprop": log_grid(-5, 0),
+    "lion": log_grid(-6, -1),
+    "momentum": log_grid(-4, 1),
+    "sgd": log_grid(-4, 1),
 }
 
 

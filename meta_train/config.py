@@ -40,6 +40,7 @@ class TrainConfig:
     # Outer loop.
     meta_optimizer: str = "adam"
     meta_lr: float = 3e-3
+    meta_lr_final: float | None = None               # set: cosine decay meta_lr -> this value
     grad_clip: float = 1.0
     outer_steps: int = 300
     # Logging, evaluation, checkpoints.
@@ -64,6 +65,8 @@ class TrainConfig:
             (self.sign_delta is None or self.sign_delta > 0, "sign_delta must be > 0 or null"),
             (self.full_es_loss in ("mean", "last"), "full_es_loss must be 'mean' or 'last'"),
             (self.meta_lr > 0, "meta_lr must be > 0"),
+            (self.meta_lr_final is None or 0 <= self.meta_lr_final <= self.meta_lr,
+             "meta_lr_final must be null or in [0, meta_lr]"),
             (self.guard_lr >= 0, "guard_lr must be >= 0 (0 = no loss guard)"),
             (self.grad_clip > 0, "grad_clip must be > 0"),
             (self.outer_steps >= 0, "outer_steps must be >= 0"),

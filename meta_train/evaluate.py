@@ -39,7 +39,8 @@ def run_task(task, tx, key, num_steps, guard: bool = False):
     each step also samples a separate guard batch (from its own key) and passes
     ``value_fn=lambda p: task.loss(p, k_loss, guard_batch)``; the fallback rate is the fraction of
     steps that kept the fallback's candidate. Unguarded runs return NaN for it and use exactly the
-    same batches as before the guard existed."""
+    same batches as before the guard existed. Runs of different lengths from the same key share
+    their first steps' batches."""
     tx = optax.with_extra_args_support(tx)
     k_init, k_run, k_eval = jax.random.split(key, 3)
     params = task.init(k_init)
@@ -61,8 +62,9 @@ def run_task(task, tx, key, num_steps, guard: bool = False):
             updates, opt_state = tx.update(grads, opt_state, params, value=loss)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state),
-                                               jax.random.split(k_run, num_steps))
+    # Step t's key is fold_in(k_run, t): the first T steps of a longer run are the T-step run.
+    step_keys = jax.vmap(lambda t: jax.random.fold_in(k_run, t))(jnp.arange(num_steps))
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), step_keys)
     rate = fallback_rate(opt_state) if guard else jnp.full((), jnp.nan, jnp.float32)
     return losses, _final_split_loss(task, params, k_eval), rate
 

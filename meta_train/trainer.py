@@ -63,7 +63,11 @@ class MetaTrainer:
             self.lopt, self.family, (config.min_episode_length, config.max_episode_length),
             guard=self.guard)
         self.estimator = make_estimator(config, self.unroll)
-        base = optax.adam(config.meta_lr) if config.meta_optimizer == "adam" else optax.sgd(config.meta_lr)
+        lr = config.meta_lr
+        if config.meta_lr_final is not None:    # cosine decay meta_lr -> meta_lr_final over the run
+            lr = optax.cosine_decay_schedule(config.meta_lr, max(1, config.outer_steps),
+                                             alpha=config.meta_lr_final / config.meta_lr)
+        base = optax.adam(lr) if config.meta_optimizer == "adam" else optax.sgd(lr)
         self.meta_opt = optax.chain(optax.clip_by_global_norm(config.grad_clip), base)
         self.estimator.constrain = sharding.make_constrain(self.mesh)
         if self.mesh.size > 1:
