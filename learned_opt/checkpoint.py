@@ -20,13 +20,14 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from learned_opt.base import (CheckpointError, LearnedOptError, LearnedOptimizer,
                               architectures, config_from_dict, config_to_dict)
+from learned_opt.shipped import looks_like_name, shipped_path
 
 FORMAT = "learned-opt-theta"
 VERSION = 1
@@ -256,11 +257,35 @@ def _optimizer_from_header(path: str, header: dict) -> LearnedOptimizer:
             "the checkpoint is from an incompatible version of this architecture") from None
 
 
-def load(path: str) -> tuple[LearnedOptimizer, PyTree, dict]:
-    """Restore ``(lopt, theta, metadata)``; the optimizer is rebuilt from the registry."""
+class Loaded(NamedTuple):
+    """What :func:`load` returns: unpacks as ``lopt, theta, metadata``, and is ready for optax."""
+    lopt: LearnedOptimizer
+    theta: PyTree
+    metadata: dict
+
+    def as_optax(self):
+        """The optimizer as an optax ``GradientTransformationExtraArgs`` (see ``as_optax``)."""
+        return self.lopt.as_optax(self.theta)
+
+    def guarded(self, fallback=None):
+        """Loss-guarded (LGL2O) version with ``fallback`` (default Adam 1e-3); pass
+        ``value_fn`` to its update (see ``learned_opt.loss_guard``)."""
+        from learned_opt.loss_guard import guarded
+        return guarded(self.lopt, self.theta, fallback)
+
+
+def load(path: str) -> Loaded:
+    """Restore ``(lopt, theta, metadata)`` from a checkpoint file, or from the shipped
+    optimizer of that name (``learned_opt.load("mlp")``, see ``learned_opt.shipped``); the
+    optimizer is rebuilt from the registry.
+
+        tx = learned_opt.load("mlp").as_optax()          # any optax training loop
+    """
+    if not os.path.exists(path) and looks_like_name(path):
+        path = shipped_path(path)
     header, arrays = _read(path)
     lopt = _optimizer_from_header(path, header)
-    return lopt, _build_theta(path, header, arrays, lopt), dict(header.get("metadata") or {})
+    return Loaded(lopt, _build_theta(path, header, arrays, lopt), dict(header.get("metadata") or {}))
 
 
 def load_theta(path: str, lopt: LearnedOptimizer) -> PyTree:

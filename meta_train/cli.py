@@ -104,8 +104,13 @@ def _progress(args):
 def _print_summary(rep) -> None:
     from meta_train.report import summary_lines
     print(f"report -> {rep['path']} ({rep['wall_s']:.0f} s)\n"
-          "final training loss / tuned Adam's, median over tasks (tasks better than tuned Adam):")
+          "median speedup over tuned Adam / median final training loss relative to tuned Adam's:")
     print("\n".join(summary_lines(rep)))
+
+
+def _baseline_list(text: str) -> tuple:
+    """'a,b' -> ('a', 'b'); 'none' -> (). Names are checked by the report, before any work."""
+    return () if text.strip() in ("", "none") else tuple(t.strip() for t in text.split(","))
 
 
 def cmd_report(args) -> int:
@@ -114,7 +119,8 @@ def cmd_report(args) -> int:
     command = "lopt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     rep = write_report(args.checkpoints, out, num_tasks=args.num_tasks, num_steps=args.steps,
                        long_factor=args.long_factor, ood_tasks=args.ood_tasks, guard=not args.no_guard,
-                       command=command, progress=_progress(args), suite_names=args.suite)
+                       command=command, progress=_progress(args), suite_names=args.suite,
+                       seeds=args.seeds, baselines=args.baselines, adam_factor=args.adam_factor)
     _print_summary(rep)
     return 0
 
@@ -262,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tasks per out-of-distribution suite; 0 skips them (default: %(default)s)")
     r.add_argument("--suite", action="append", metavar="NAME",
                    help="evaluate on this named held-out suite instead (repeatable; see `lopt tasks`)")
+    r.add_argument("--seeds", type=int, default=3, help="seeds per task (default: %(default)s)")
+    r.add_argument("--baselines", type=_baseline_list, default="adamw,momentum,rmsprop,lion,radam",
+                   help="comma-separated baselines tuned per task besides Adam, or 'none' "
+                        "(default: %(default)s)")
+    r.add_argument("--adam-factor", type=int, default=4,
+                   help="Adam's reference runs this many times the horizon, which bounds the "
+                        "speedups it can resolve (default: %(default)s)")
     r.add_argument("--no-guard", action="store_true", help="skip the loss-guarded versions")
     r.add_argument("--no-progress", action="store_true", help="no progress messages")
     r.set_defaults(fn=cmd_report)
@@ -273,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("steps", "num_tasks", "report_tasks", "long_factor"):
+    for name in ("steps", "num_tasks", "report_tasks", "long_factor", "seeds", "adam_factor"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             print(f"lopt: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)

@@ -9,9 +9,12 @@ Suites built from a checkpoint's meta-training config (``suites_for``):
 - ``ood_dataset`` / ``ood_architecture``: tasks outside the family (another dataset; MLPs of
   another depth, width and activations), at horizon H.
 
-Every optimizer sees the same task configs, initialisations and batches. Adam is tuned per
-task over ``evaluate.ADAM_LR_GRID`` on the final training loss; the guarded learned optimizers
-fall back to Adam at that tuned learning rate (the LGL2O setting: a well-tuned fallback).
+Every optimizer sees the same task configs, initialisations and batches (several seeds per
+task). Adam and the baselines are tuned per task over the log grids
+``learned_opt.baselines.LR_GRIDS`` on the seed-averaged final training loss; the guarded
+learned optimizers fall back to Adam at its tuned learning rate (the LGL2O setting: a
+well-tuned fallback). Adam's whole grid, run 4x longer, is the reference of the speedup
+metric (``meta_train.speedup``).
 """
 from __future__ import annotations
 
@@ -25,8 +28,10 @@ import optax
 
 import learned_opt
 import tasks
+from learned_opt.baselines import LR_GRIDS, make_baseline
 from learned_opt.loss_guard import guarded
 from meta_train import evaluate as ev
+from meta_train import speedup as sp
 
 HELD_OUT_SEED = 20_240_917  # disjoint from meta-training (config seed) and periodic eval streams
 ADAM_DEFAULT = "Adam lr=1e-3"
@@ -108,62 +113,128 @@ def task_label(family, cfgs, i) -> str:
     return ", ".join(parts) if parts else f"task {i}"
 
 
-def _run(family, cfgs, keys, make_tx, theta, lrs, num_steps, guard=False):
-    """vmap over tasks of ``run_task(family.task(cfg), make_tx(theta, lr), key)``."""
-    def one(cfg, key, lr, theta):
-        return ev.run_task(family.task(cfg), make_tx(theta, lr), key, num_steps, guard=guard)
-    losses, test, fb = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None)))(cfgs, keys, lrs, theta)
-    return np.asarray(losses), np.asarray(test), np.asarray(fb)
+def seed_keys(keys, num_seeds: int):
+    """(tasks,) keys -> (tasks, seeds) keys: seed j of task i initialises and batches differently."""
+    return jax.vmap(lambda k: jax.random.split(k, num_seeds))(keys)
 
 
-def run_suite(suite: Suite, entries: list[Entry], guard: bool = True, progress=None) -> dict:
-    """Curves of every optimizer on the suite. Returns {"labels", "curves": {label: (tasks, steps)},
-    "test": {label: (tasks,)}, "fallback": {label: (tasks,)}, "tuned_lr": (tasks,), ...}."""
+def _curves(fam, cfgs, keys, make_tx, per_task, shared, num_steps, guard=False):
+    """``run_task(fam.task(cfg_i), make_tx(per_task_i, shared), key_ij)`` for every task i and
+    seed j, vmapped. ``per_task`` has a leading task axis (e.g. each task's tuned learning rate),
+    ``shared`` does not (e.g. meta-parameters). Returns numpy (losses (tasks, seeds, steps),
+    test losses (tasks, seeds), fallback rates (tasks, seeds))."""
+    def one(cfg, key, p, sh):
+        return ev.run_task(fam.task(cfg), make_tx(p, sh), key, num_steps, guard=guard)
+    over_seeds = jax.vmap(one, in_axes=(None, 0, None, None))
+    out = jax.jit(jax.vmap(over_seeds, in_axes=(0, 0, 0, None)))(cfgs, keys, per_task, shared)
+    return tuple(np.asarray(x) for x in out)
+
+
+def _grid_curves(fam, cfgs, keys, make_tx, grid, num_steps):
+    """Every learning rate of ``grid`` on every task and seed: (lrs, tasks, seeds, ...)."""
+    def one(cfg, key, lr):
+        return ev.run_task(fam.task(cfg), make_tx(lr), key, num_steps)
+    f = jax.vmap(jax.vmap(one, in_axes=(None, 0, None)), in_axes=(0, 0, None))
+    losses, test, _ = jax.jit(jax.vmap(f, in_axes=(None, None, 0)))(cfgs, keys, jnp.asarray(grid))
+    return np.asarray(losses), np.asarray(test)
+
+
+def _tune(grid_losses, grid, num_steps):
+    """Per task, the grid index whose seed-averaged final training loss over the first
+    ``num_steps`` steps is lowest."""
+    fin = ev.final_loss(grid_losses[..., :num_steps]).mean(axis=-1)      # (lrs, tasks)
+    fin = np.where(np.isfinite(fin), fin, np.inf)
+    return np.argmin(fin, axis=0)
+
+
+DEFAULT_BASELINES = ("adamw", "momentum", "rmsprop", "lion", "radam")
+
+
+def run_suite(suite: Suite, entries: list[Entry], guard: bool = True, progress=None,
+              num_seeds: int = 3, baselines=DEFAULT_BASELINES, adam_factor: int = 4) -> dict:
+    """Every optimizer on every task of the suite with ``num_seeds`` seeds.
+
+    Adam runs the grid ``LR_GRIDS["adam"]`` for ``adam_factor`` times the suite's horizon T: its
+    first T steps give Adam tuned per task (and at lr=1e-3), all of it the reference curve of
+    the speedup (``meta_train.speedup``). Each baseline is tuned per task over its own grid on the
+    seed-averaged final training loss at T. Learned optimizers run as they are and, with
+    ``guard``, loss-guarded with Adam at the task's tuned learning rate as the fallback.
+
+    Returns {"suite", "labels", "curves": {label: (tasks, seeds, T)}, "test": {label: (tasks,
+    seeds)}, "fallback": {label: (tasks, seeds)}, "tuned_lr": {label: (tasks,)}, "envelopes":
+    (tasks, adam_factor*T), "task_labels"}."""
     fam, n, T = suite.family, suite.num_tasks, suite.num_steps
-    cfgs, keys = held_out_cfgs(fam, n, suite.seed)
-    grid = np.asarray(ev.ADAM_LR_GRID, np.float32)
+    cfgs, task_keys = held_out_cfgs(fam, n, suite.seed)
+    keys = seed_keys(task_keys, num_seeds)
+    say = progress or (lambda msg: None)
+    curves, test, fallback, tuned = {}, {}, {}, {}
+    window = speedup_window(T)
 
-    def adam_grid(cfg, key, lr):
-        return ev.run_task(fam.task(cfg), optax.adam(lr), key, T)
-    over_tasks = jax.vmap(adam_grid, in_axes=(0, 0, None))
-    g_losses, g_test, _ = jax.jit(jax.vmap(over_tasks, in_axes=(None, None, 0)))(cfgs, keys, grid)
-    g_losses, g_test = np.asarray(g_losses), np.asarray(g_test)     # (lrs, tasks, ...)
-    best = np.argmin(ev.final_loss(g_losses), axis=0)
-    default_i = int(np.argmin(np.abs(grid - ev.DEFAULT_ADAM_LR)))
-    tuned_lr = grid[best]
-    curves = {ADAM_DEFAULT: g_losses[default_i],
-              ADAM_TUNED: np.stack([g_losses[best[i], i] for i in range(n)])}
-    test = {ADAM_DEFAULT: g_test[default_i], ADAM_TUNED: np.array([g_test[best[i], i] for i in range(n)])}
-    fallback: dict[str, np.ndarray] = {}
+    say(f"{suite.name}: Adam over {len(LR_GRIDS['adam'])} learning rates x {adam_factor * T} steps")
+    grid = np.asarray(LR_GRIDS["adam"], np.float32)
+    g_losses, _ = _grid_curves(fam, cfgs, keys, optax.adam, grid, adam_factor * T)
+    envelopes = np.stack([sp.reference_envelope(g_losses[:, i], window) for i in range(n)])
+    best = _tune(g_losses, grid, T)
+    default = np.full(n, ev.DEFAULT_ADAM_LR, np.float32)
+    for label, lrs in ((ADAM_DEFAULT, default), (ADAM_TUNED, grid[best])):
+        curves[label], test[label], _ = _curves(fam, cfgs, keys, lambda lr, _: optax.adam(lr),
+                                                jnp.asarray(lrs), 0, T)
+        tuned[label] = lrs
+    for name in baselines:
+        say(f"{suite.name}: {name} over {len(LR_GRIDS[name])} learning rates")
+        b_grid = np.asarray(LR_GRIDS[name], np.float32)
+        b_losses, b_test = _grid_curves(fam, cfgs, keys, lambda lr, name=name: make_baseline(name, lr),
+                                        b_grid, T)
+        b = _tune(b_losses, b_grid, T)
+        label = f"{name} tuned"
+        curves[label] = np.stack([b_losses[b[i], i] for i in range(n)])
+        test[label] = np.stack([b_test[b[i], i] for i in range(n)])
+        tuned[label] = b_grid[b]
     for e in entries:
-        if progress:
-            progress(f"{suite.name}: {e.label}")
-        losses, tl, _ = _run(fam, cfgs, keys, lambda th, lr, e=e: e.lopt.as_optax(th), e.theta,
-                             jnp.asarray(tuned_lr), T)
-        curves[e.label], test[e.label] = losses, tl
+        say(f"{suite.name}: {e.label}")
+        curves[e.label], test[e.label], _ = _curves(
+            fam, cfgs, keys, lambda _, th, e=e: e.lopt.as_optax(th), jnp.zeros(n), e.theta, T)
         if guard:
             label = e.label + " +guard"
-            losses, tl, fb = _run(fam, cfgs, keys,
-                                  lambda th, lr, e=e: guarded(e.lopt, th, optax.adam(lr)),
-                                  e.theta, jnp.asarray(tuned_lr), T, guard=True)
-            curves[label], test[label], fallback[label] = losses, tl, fb
+            curves[label], test[label], fallback[label] = _curves(
+                fam, cfgs, keys, lambda lr, th, e=e: guarded(e.lopt, th, optax.adam(lr)),
+                jnp.asarray(grid[best]), e.theta, T, guard=True)
     return {"suite": suite, "labels": list(curves), "curves": curves, "test": test,
-            "fallback": fallback, "tuned_lr": tuned_lr,
+            "fallback": fallback, "tuned_lr": tuned, "envelopes": envelopes, "window": window,
+            "adam_factor": adam_factor, "num_seeds": num_seeds,
             "task_labels": [task_label(fam, cfgs, i) for i in range(n)]}
 
 
+def speedup_window(num_steps: int) -> int:
+    """Smoothing window of the speedup metric: 2% of the horizon."""
+    return max(1, num_steps // 50)
+
+
+def speedups(res: dict, label: str, steps=None) -> list[list[sp.Speedup]]:
+    """Per task, the speedup of ``label`` over tuned Adam at ``steps`` (default: the last)."""
+    return [sp.speedup_curve(res["curves"][label][i], res["envelopes"][i], res["window"], steps)
+            for i in range(len(res["envelopes"]))]
+
+
 def summarize_suite(res: dict) -> list[dict]:
-    """Per optimizer: final training loss relative to tuned Adam on each task, aggregated."""
-    ref = ev.final_loss(res["curves"][ADAM_TUNED])
-    ref_test = res["test"][ADAM_TUNED]
+    """Per optimizer: speedup over tuned Adam at the last step, and final training loss (mean
+    over seeds) relative to tuned Adam's, on each task and aggregated."""
+    mean = {k: ev.final_loss(v).mean(axis=-1) for k, v in res["curves"].items()}
+    ref = mean[ADAM_TUNED]
+    ref_test = res["test"][ADAM_TUNED].mean(axis=-1)
     rows = []
     for label in res["labels"]:
-        fin = ev.final_loss(res["curves"][label])
+        fin = np.where(np.isfinite(mean[label]), mean[label], np.inf)
         ratio = fin / ref
-        test_ratio = np.where(np.isfinite(res["test"][label]), res["test"][label] / ref_test, np.inf)
+        t = res["test"][label].mean(axis=-1)
+        test_ratio = np.where(np.isfinite(t), t / ref_test, np.inf)
         fb = res["fallback"].get(label)
+        per_task = [s[0] for s in speedups(res, label)]
         rows.append({
             "optimizer": label,
+            "speedup": sp.aggregate(per_task),
+            "speedups": [s.value for s in per_task],
+            "speedups_text": [sp.fmt(s) for s in per_task],
             "median_ratio": float(np.median(ratio)),
             "q25_ratio": float(np.quantile(ratio, 0.25)),
             "q75_ratio": float(np.quantile(ratio, 0.75)),
@@ -174,6 +245,7 @@ def summarize_suite(res: dict) -> list[dict]:
             "diverged": int(np.sum(~np.isfinite(fin))),
             "fallback_rate": None if fb is None else float(np.mean(fb)),
             "final_losses": [float(x) for x in fin],
+            "tuned_lr": None if label not in res["tuned_lr"] else [float(x) for x in res["tuned_lr"][label]],
         })
     return rows
 
@@ -197,4 +269,4 @@ def load_entries(paths: list[str]) -> tuple[list[Entry], list[dict]]:
 
 
 __all__ = ["Suite", "Entry", "suites_for", "suite_from_spec", "run_suite", "summarize_suite", "load_entries",
-           "held_out_cfgs", "task_label", "OOD_FAMILIES", "ADAM_DEFAULT", "ADAM_TUNED"]
+           "held_out_cfgs", "seed_keys", "speedups", "DEFAULT_BASELINES", "task_label", "OOD_FAMILIES", "ADAM_DEFAULT", "ADAM_TUNED"]

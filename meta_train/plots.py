@@ -53,6 +53,25 @@ def plot_curves(curves: dict[str, np.ndarray], path: str, title: str, ylabel: st
     plt.close(fig)
 
 
+def _line_styles():
+    """label -> matplotlib style: Adam tuned black, Adam lr=1e-3 grey, the baselines thin
+    and dotted, each learned optimizer its own colour with its " +guard" version dashed."""
+    colours: dict[str, str] = {}
+    palette = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3)
+
+    def style(label: str) -> dict:
+        fixed = {"Adam tuned": dict(color="black", lw=2.0), "Adam lr=1e-3": dict(color="0.55")}
+        if label in fixed:
+            return fixed[label]
+        base = label.removesuffix(" +guard")
+        if base not in colours:
+            colours[base] = next(palette)
+        if label.endswith(" tuned"):
+            return dict(color=colours[base], lw=0.9, ls=":")
+        return dict(color=colours[base], lw=1.6, ls="--" if label.endswith(" +guard") else "-")
+    return style
+
+
 def plot_suite(curves: dict[str, np.ndarray], reference: np.ndarray, path: str, title: str,
                window: int = 1) -> None:
     """Median over tasks of each optimizer's smoothed training loss divided by ``reference``
@@ -60,21 +79,29 @@ def plot_suite(curves: dict[str, np.ndarray], reference: np.ndarray, path: str, 
     (tasks, steps) array; labels ending in " +guard" are drawn dashed in their base colour."""
     from meta_train.evaluate import smooth
     fig, ax = plt.subplots(figsize=(7.2, 4.4))
-    colours: dict[str, str] = {}
-    palette = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3)
+    style = _line_styles()
     ref = np.asarray(reference, dtype=float)[:, None]
     for label, c in curves.items():
-        base = label.removesuffix(" +guard")
-        style = {"Adam tuned": dict(color="black", lw=2.0), "Adam lr=1e-3": dict(color="0.55")}.get(label)
-        if style is None:
-            if base not in colours:
-                colours[base] = next(palette)
-            style = dict(color=colours[base], ls="--" if label.endswith(" +guard") else "-")
         c = smooth(np.asarray(c, dtype=float), window) / ref
-        ax.plot(np.arange(1, c.shape[1] + 1), np.median(c, axis=0), label=label, **style)
+        ax.plot(np.arange(1, c.shape[1] + 1), np.median(c, axis=0), label=label, **style(label))
     ax.axhline(1.0, color="black", lw=0.6, ls=":")
     ax.set_yscale("log")
     ax.set(title=title, xlabel="step", ylabel="training loss / tuned Adam's final (median over tasks)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_speedup(steps: np.ndarray, medians: dict[str, np.ndarray], path: str, title: str) -> None:
+    """Median over tasks of each optimizer's speedup over tuned Adam against the step at
+    which it is measured (1 = as fast as Adam tuned with hindsight at every step)."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    style = _line_styles()
+    for label, m in medians.items():
+        ax.plot(steps, m, label=label, **style(label))
+    ax.axhline(1.0, color="black", lw=0.6, ls=":")
+    ax.set(title=title, xlabel="step t", ylabel="speedup over tuned Adam at t (median over tasks)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

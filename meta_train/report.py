@@ -1,7 +1,9 @@
-"""`lopt report`: a Markdown report with PNG plots comparing one or more learned optimizers,
-their loss-guarded versions and Adam (lr=1e-3 and tuned per task) on held-out suites:
-unseen tasks of the meta-training family, a horizon ``long_factor`` times longer, and tasks
-outside the family (see ``meta_train.compare``)."""
+"""`lopt report`: a self-contained Markdown report with PNG plots comparing one or more learned
+optimizers, their loss-guarded versions, Adam (lr=1e-3 and tuned per task) and tuned baselines
+on held-out suites: unseen tasks of the meta-training family, a horizon ``long_factor`` times
+longer, and tasks outside the family (see ``meta_train.compare``). Headline figure: speedup over
+tuned Adam (``meta_train.speedup``); also final loss relative to tuned Adam, cost per step
+relative to Adam, guard fallback rates, meta-training curves, the command and package versions."""
 from __future__ import annotations
 
 import datetime
@@ -16,8 +18,11 @@ import numpy as np
 
 import tasks
 from meta_train import compare as cmp
-from meta_train.evaluate import ADAM_LR_GRID, final_loss
-from meta_train.plots import plot_suite
+from learned_opt.base import LearnedOptError
+from learned_opt.baselines import LR_GRIDS
+from learned_opt.loss_guard import guarded
+from meta_train import evaluate as ev
+from meta_train.plots import plot_speedup, plot_suite
 from meta_train.run import read_metrics
 from meta_train.state_io import atomic_write_bytes
 
@@ -46,26 +51,73 @@ def _versions() -> str:
     return ", ".join(out)
 
 
-def _suite_section(res: dict, rows: list[dict], png: str) -> list[str]:
+def _speedup_median(agg: dict) -> str:
+    """Median speedup, marked ≥ when it is a lower bound (censored tasks at or below it)."""
+    return ("≥" if agg["median_is_bound"] else "") + f"{agg['median']:.2f}"
+
+
+def _speedup_cell(agg: dict) -> str:
+    return f"{_speedup_median(agg)} [{agg['q25']:.2f}, {agg['q75']:.2f}]"
+
+
+def _suite_section(res: dict, rows: list[dict], pngs: tuple[str, str]) -> list[str]:
     s = res["suite"]
-    lines = [f"## Suite `{s.name}`", "", s.description + ".", "",
-             "| optimizer | final loss / tuned Adam: median [q25, q75] | worst task | tasks better "
-             "than tuned Adam | test loss / tuned Adam (median) | diverged | guard fallback rate |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"## Suite `{s.name}`", "", s.description + f"; {res['num_seeds']} seeds per task.", "",
+             "| optimizer | speedup over tuned Adam: median [q25, q75] | tasks faster than Adam | "
+             "final loss / tuned Adam: median | worst task | test loss / tuned Adam (median) | "
+             "diverged | guard fallback rate |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        a = r["speedup"]
         lines.append(
-            f"| {r['optimizer']} | {_fmt(r['median_ratio'])} [{_fmt(r['q25_ratio'])}, "
-            f"{_fmt(r['q75_ratio'])}] | {_fmt(r['worst_ratio'])} | {r['beats_tuned_adam']}/{r['num_tasks']} "
-            f"| {_fmt(r['median_test_ratio'])} | {r['diverged']} | {_pct(r['fallback_rate'])} |")
-    lines += ["", f"![{s.name}]({png})", "",
-              "<details><summary>per task: final training loss (mean of the last 5% of steps)</summary>",
-              "", "| task | tuned Adam lr | " + " | ".join(r["optimizer"] for r in rows) + " |",
-              "|---|---|" + "---|" * len(rows)]
+            f"| {r['optimizer']} | {_speedup_cell(a)} | {round(a['frac_faster'] * a['num_tasks'])}/"
+            f"{a['num_tasks']} | {_fmt(r['median_ratio'])} | {_fmt(r['worst_ratio'])} "
+            f"| {_fmt(r['median_test_ratio'])} | {a['diverged']} | {_pct(r['fallback_rate'])} |")
+    lines += ["", f"![{s.name} curves]({pngs[0]}) ![{s.name} speedup]({pngs[1]})", "",
+              "<details><summary>per task: speedup over tuned Adam at the last step, final training "
+              "loss (seed mean), tuned learning rates</summary>", "",
+              "| task | " + " | ".join(r["optimizer"] for r in rows) + " |",
+              "|---|" + "---|" * len(rows)]
     for i, name in enumerate(res["task_labels"]):
-        lines.append(f"| {name} | {res['tuned_lr'][i]:g} | "
-                     + " | ".join(_fmt(r["final_losses"][i], 4) for r in rows) + " |")
+        lines.append(f"| {name} | " + " | ".join(
+            f"{r['speedups_text'][i]}, {_fmt(r['final_losses'][i], 4)}"
+            + ("" if r["tuned_lr"] is None else f", lr {r['tuned_lr'][i]:.3g}") for r in rows) + " |")
     lines += ["", "</details>", ""]
     return lines
+
+
+def _speedup_medians(res: dict, points: int = 40):
+    """Steps t (log-spaced over the horizon) and, per optimizer, the median speedup at t."""
+    T = res["suite"].num_steps
+    steps = np.unique(np.geomspace(max(2, T // 20), T, points).astype(int))
+    return steps, {label: np.median([[x.value for x in per_t] for per_t in cmp.speedups(res, label, steps)],
+                                    axis=0) for label in res["labels"]}
+
+
+def step_costs(suite, entries, guard: bool, num_steps: int = 200, repeats: int = 3) -> list[tuple[str, float]]:
+    """Wall time per training step on the suite's first task relative to Adam's: one jitted
+    scan of ``num_steps`` steps per optimizer, best of ``repeats``."""
+    cfgs, keys = cmp.held_out_cfgs(suite.family, 1, suite.seed)
+    task = suite.family.task(jax.tree.map(lambda x: x[0], cfgs))
+
+    def cost(tx, g=False):
+        run = jax.jit(lambda k: ev.run_task(task, tx, k, num_steps, guard=g)[0])
+        jax.block_until_ready(run(keys[0]))
+        best = np.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(run(keys[0]))
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    import optax
+    adam = cost(optax.adam(1e-3))
+    out = [("Adam", 1.0)]
+    for e in entries:
+        out.append((e.label, cost(e.lopt.as_optax(e.theta)) / adam))
+        if guard:
+            out.append((e.label + " +guard", cost(guarded(e.lopt, e.theta, optax.adam(1e-3)), True) / adam))
+    return out
 
 
 def _meta_training_section(paths, entries, metas, out_dir) -> list[str]:
@@ -87,13 +139,46 @@ def _meta_training_section(paths, entries, metas, out_dir) -> list[str]:
     return lines + [""] + images + [""]
 
 
+def _headline(results, entries) -> list[str]:
+    """One row per learned optimizer (and guarded version): median speedup and worst final-loss
+    ratio per suite."""
+    names = [res["suite"].name for res, _, _ in results]
+    lines = ["## Summary", "",
+             "Median speedup over tuned Adam at the last step [tasks faster than Adam] (the worst "
+             "task's final loss / tuned Adam's).", "",
+             "| optimizer | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
+    labels = [lab for e in entries for lab in (e.label, e.label + " +guard")]
+    for _, rows, _ in results:
+        labels += [r["optimizer"] for r in rows if r["optimizer"] not in labels + [cmp.ADAM_DEFAULT]]
+    for lab in labels:
+        cells = []
+        for _, rows, _ in results:
+            r = next((r for r in rows if r["optimizer"] == lab), None)
+            if r is None:
+                cells.append("-")
+                continue
+            a = r["speedup"]
+            cells.append(f"{_speedup_median(a)} [{round(a['frac_faster'] * a['num_tasks'])}/"
+                         f"{a['num_tasks']}] (worst {_fmt(r['worst_ratio'], 2)})")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int | None = None,
                  long_factor: int = 5, ood_tasks: int = 4, guard: bool = True,
-                 command: str | None = None, progress=None, suite_names=None) -> dict:
+                 command: str | None = None, progress=None, suite_names=None, seeds: int = 3,
+                 baselines=cmp.DEFAULT_BASELINES, adam_factor: int = 4) -> dict:
     """Evaluate ``checkpoints`` (one path or a list) on the held-out suites of the first
     checkpoint's meta-training family, or on the named suites ``suite_names`` (see
-    ``tasks.suites``); writes report.md, report.json and one PNG per suite."""
+    ``tasks.suites``), with ``seeds`` seeds per task; Adam's reference runs ``adam_factor`` times
+    the horizon (2x and no other baselines on the long-horizon suite, to bound the cost).
+    Writes report.md, report.json and two PNGs per suite."""
     paths = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
+    unknown = [b for b in baselines if b not in LR_GRIDS or b == "adam"]
+    if unknown:
+        raise LearnedOptError(f"unknown baseline(s) {unknown}; known: "
+                              f"{sorted(b for b in LR_GRIDS if b != 'adam')}")
     entries, metas = cmp.load_entries(paths)
     tc = metas[0].get("train_config") or {}
     if "family" not in tc:
@@ -113,51 +198,82 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
     t0 = time.time()
     results, summary = [], {}
     for suite in suites:
-        res = cmp.run_suite(suite, entries, guard=guard, progress=progress)
+        long = suite.name == "long_horizon"
+        res = cmp.run_suite(suite, entries, guard=guard, progress=progress, num_seeds=seeds,
+                            baselines=() if long else baselines, adam_factor=min(2, adam_factor) if long
+                            else adam_factor)
         rows = cmp.summarize_suite(res)
-        png = f"suite_{suite.name}.png"
-        plot_suite(res["curves"], final_loss(res["curves"][cmp.ADAM_TUNED]), os.path.join(out_dir, png),
-                   suite.description[:90], window=max(1, suite.num_steps // 50))
-        results.append((res, rows, png))
+        pngs = (f"suite_{suite.name}.png", f"speedup_{suite.name}.png")
+        mean_curves = {k: v.mean(axis=1) for k, v in res["curves"].items()}
+        plot_suite(mean_curves, ev.final_loss(mean_curves[cmp.ADAM_TUNED]), os.path.join(out_dir, pngs[0]),
+                   f"{suite.name}: {suite.num_tasks} tasks x {res['num_seeds']} seeds, {suite.num_steps} steps",
+                   window=res["window"])
+        steps, medians = _speedup_medians(res)
+        plot_speedup(steps, medians, os.path.join(out_dir, pngs[1]), f"{suite.name}: speedup over tuned Adam")
+        results.append((res, rows, pngs))
         summary[suite.name] = rows
+    if progress:
+        progress("cost per step")
+    costs = step_costs(suites[0], entries, guard)
     wall = time.time() - t0
 
     names = ", ".join(f"`{e.label}`" for e in entries)
+    adam_grid = ", ".join(f"{x:g}" for x in LR_GRIDS["adam"])
     lines = [f"# Learned optimizer report: {names} on `{tc['family']}`", "",
-             "Every optimizer trains the same tasks from the same initialisations on the same batches. "
-             "**Final loss** is the mean training loss over the last 5% of steps; the tables give it "
-             "divided by tuned Adam's on the same task (below 1 = better than tuned Adam). Adam is tuned "
-             "per task over learning rates "
-             f"{list(ADAM_LR_GRID)} on the final training loss. `+guard` is the loss-guarded "
-             "version (LGL2O): each step both the learned optimizer and Adam at the task's tuned learning "
-             "rate propose parameters, their losses are compared on a fresh guard batch and the lower is "
-             "kept; the fallback rate is the fraction of steps that took Adam's proposal. The guard costs "
-             "two extra loss evaluations per step.", ""]
-    for res, rows, png in results:
-        lines += _suite_section(res, rows, png)
+             "Every optimizer trains the same tasks from the same initialisations on the same batches, "
+             f"{seeds} seeds per task.", "",
+             "**Speedup over tuned Adam** at step t (the learned_optimization / VeLO metric): Adam runs "
+             f"every learning rate of {{{adam_grid}}} for {adam_factor}x the horizon ({min(2, adam_factor)}x "
+             "on the long-horizon suite); per task its seed-averaged, smoothed training curves give a "
+             "lower envelope over learning rates, made monotone, which maps a loss to the number of Adam "
+             "steps needed to reach it. An optimizer's speedup at t is that number for its own "
+             "(seed-averaged, equally smoothed) loss at t, divided by t. Above 1 = faster than Adam with "
+             "the best learning rate chosen in hindsight at every step (so tuned Adam itself scores a "
+             "little below 1). A value marked ≥ is censored: the optimizer got below everything Adam "
+             "reached in its longer run; medians count such tasks at their lower bound. "
+             "`diverged` = non-finite or ending above the initial loss.", "",
+             "**Final loss** is the mean training loss over the last 5% of steps (seed mean) divided by "
+             "tuned Adam's on the same task (below 1 = better). Adam and each baseline (`NAME tuned`) are "
+             "tuned per task on that final loss over a half-decade log grid (`learned_opt.baselines."
+             "LR_GRIDS`). `+guard` is the loss-guarded version (LGL2O): each step the learned optimizer and "
+             "Adam at the task's tuned learning rate both propose parameters, their losses are compared "
+             "on a fresh guard batch and the lower is kept; the fallback rate is the fraction of steps "
+             "that took Adam's proposal.", ""]
+    lines += _headline(results, entries)
+    for res, rows, pngs in results:
+        lines += _suite_section(res, rows, pngs)
+    lines += ["## Cost per step", "",
+              f"Wall time of a training step on the first task of `{suites[0].name}` relative to Adam "
+              f"(jitted scan of 200 steps, best of 3, {jax.devices()[0].platform}). The guard adds two "
+              "loss evaluations and Adam's update per step.", "",
+              "| optimizer | time per step / Adam's |", "|---|---|"]
+    lines += [f"| {label} | {c:.2f} |" for label, c in costs] + [""]
     lines += _meta_training_section(paths, entries, metas, out_dir)
     lines += ["## Reproduce", "", "```", command or ("lopt report " + " ".join(paths) + f" --out {out_dir}"),
               "```", "",
               f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} in {wall:.0f} s with "
               f"Python {platform.python_version()}, {_versions()}, on {platform.machine()} "
-              f"({jax.devices()[0].platform}, {jax.devices()[0].device_kind}).", ""]
+              f"({jax.devices()[0].platform}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores).", ""]
     text = "\n".join(lines)
     atomic_write_bytes(os.path.join(out_dir, "report.md"), lambda f: f.write(text.encode()))
     data = json.dumps({"checkpoints": paths, "optimizers": [e.label for e in entries],
                        "suites": {s.name: {"description": s.description, "num_tasks": s.num_tasks,
                                            "num_steps": s.num_steps} for s in suites},
-                       "summary": summary}, indent=2).encode()
+                       "summary": summary, "step_cost_vs_adam": dict(costs), "seeds": seeds,
+                       "wall_s": wall}, indent=2).encode()
     atomic_write_bytes(os.path.join(out_dir, "report.json"), lambda f: f.write(data))
     return {"summary": summary, "path": os.path.join(out_dir, "report.md"),
             "optimizers": [e.label for e in entries], "wall_s": wall}
 
 
 def summary_lines(rep: dict) -> list[str]:
-    """A few lines for the terminal: each learned optimizer against tuned Adam, per suite."""
+    """A few lines for the terminal: each learned optimizer's median speedup over tuned Adam and
+    median final loss / tuned Adam's, per suite."""
     out = []
     for suite, rows in rep["summary"].items():
-        parts = [f"{r['optimizer']} {r['median_ratio']:.3f} ({r['beats_tuned_adam']}/{r['num_tasks']})"
-                 for r in rows if r["optimizer"] != cmp.ADAM_TUNED]
+        parts = [f"{r['optimizer']} {_speedup_median(r['speedup'])}x / {r['median_ratio']:.3f}"
+                 for r in rows if r["optimizer"] in rep["optimizers"]
+                 or r["optimizer"].removesuffix(" +guard") in rep["optimizers"]]
         out.append(f"  {suite}: " + "; ".join(parts))
     return out
 

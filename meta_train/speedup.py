@@ -84,7 +84,10 @@ def aggregate(speedups: list[Speedup]) -> dict:
     """Across tasks: median and quartiles (censored values count as their lower bound, so
     these are lower bounds too), fraction of tasks faster than Adam, counts."""
     v = np.array([s.value for s in speedups], dtype=float)
-    return {"median": float(np.median(v)), "q25": float(np.quantile(v, 0.25)),
+    med = float(np.median(v))
+    return {"median": med,
+            # the median is only a lower bound when a censored task sits at or below it
+            "median_is_bound": bool(any(s.censored and s.value <= med for s in speedups)), "q25": float(np.quantile(v, 0.25)),
             "q75": float(np.quantile(v, 0.75)),
             "frac_faster": float(np.mean(v > 1.0)),
             "censored": int(sum(s.censored for s in speedups)),

@@ -61,7 +61,7 @@ class MetaTrainer:
         self.guard = optax.adam(config.guard_lr) if config.guard_lr > 0 else None
         self.unroll = learned_optimizer_unroll(
             self.lopt, self.family, (config.min_episode_length, config.max_episode_length),
-            guard=self.guard)
+            guard=self.guard, log_loss=config.meta_loss == "log")
         self.estimator = make_estimator(config, self.unroll)
         lr = config.meta_lr
         if config.meta_lr_final is not None:    # cosine decay meta_lr -> meta_lr_final over the run

@@ -59,13 +59,16 @@ class LOptState(NamedTuple):
 
 
 def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
-                             max_meta_loss: float = 10.0, guard=None) -> Unroll:
+                             max_meta_loss: float = 10.0, guard=None, log_loss: bool = False) -> Unroll:
     """Training a learned optimizer on a task family, as an Unroll.
 
     Each episode samples a task cfg from ``family``, initialises its parameters,
     and each step takes one learned-optimizer step on a fresh training batch.
     The meta-loss term is the task's normalised training loss *before* the step
-    (clipped at ``max_meta_loss``; NaN stays NaN so estimators can mask it).
+    (clipped at ``max_meta_loss``; NaN stays NaN so estimators can mask it). With
+    ``log_loss`` it is ``log(max(normalised loss, 1e-6))`` instead: every halving of the loss
+    counts the same, early or late in the episode, so late progress is not drowned out by the
+    large early drops (the speedup metric at the end of training rewards exactly that).
 
     ``guard``: None, or an optax fallback transformation (e.g. ``optax.adam(1e-3)``). Then
     every inner step applies ``loss_guard(learned_opt.as_optax(lopt, theta), guard)`` with
@@ -104,6 +107,8 @@ def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
             params, opt_state = lopt.opt_update(theta, state.opt_state, grads, state.params, loss, k_opt)
         meta_loss = task.normalizer(loss)
         meta_loss = jnp.where(jnp.isnan(meta_loss), meta_loss, jnp.minimum(meta_loss, max_meta_loss))
+        if log_loss:
+            meta_loss = jnp.log(jnp.maximum(meta_loss, 1e-6))
         return LOptState(state.cfg, params, opt_state), meta_loss
 
     return Unroll(init=init, step=step, episode_length=episode_length)

@@ -54,17 +54,19 @@ def test_train_apply_report_end_to_end(smoke_run, tmp_path):
     # two checkpoints side by side (the same file twice gets distinct labels)
     ck = str(smoke_run / "optimizer.npz")
     rc, so, se, _ = lopt("report", ck, ck, "--num-tasks", "2", "--steps", "20", "--long-factor", "2",
-                         "--ood-tasks", "2", "--out", str(tmp_path / "rep"), "--no-progress")
+                         "--ood-tasks", "2", "--out", str(tmp_path / "rep"), "--no-progress",
+                         "--seeds", "2", "--baselines", "lion")
     assert rc == 0, se
     text = (tmp_path / "rep" / "report.md").read_text()
     for needle in ("| task |", "Adam tuned", "mlp +guard", "Suite `in_distribution`",
-                   "Suite `long_horizon`", "40 steps", "Suite `ood_dataset`", "fallback rate"):
+                   "Suite `long_horizon`", "40 steps", "Suite `ood_dataset`", "fallback rate",
+                   "speedup over tuned Adam", "lion tuned", "Cost per step", "speedup_in_distribution.png"):
         assert needle in text, needle
     import json
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     rows = {r["optimizer"]: r for r in rep["summary"]["in_distribution"]}
     assert rows["Adam tuned"]["median_ratio"] == 1.0 and rows["Adam tuned"]["fallback_rate"] is None
-    assert len(rows) == 2 + 2 * 2 and 0.0 <= rows["mlp +guard"]["fallback_rate"] <= 1.0
+    assert len(rows) == 3 + 2 * 2 and 0.0 <= rows["mlp +guard"]["fallback_rate"] <= 1.0
     # the guard's guarantee per task: never worse than tuned Adam by much on these quadratics
     assert rows["mlp +guard"]["worst_ratio"] < 1.5, rows["mlp +guard"]
 
@@ -122,6 +124,8 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
     np.savez(foreign, weights=np.zeros(3))
     rc, _, se, _ = lopt("report", str(foreign))
     assert_user_error(rc, se)
+    rc, _, se, _ = lopt("report", str(corrupt), "--baselines", "adamw,adamax")
+    assert_user_error(rc, se, "unknown baseline", "adamax", "lion")
     rc, _, se, _ = lopt("apply", str(tmp_path / "missing.npz"), "--task", "quadratic_10d")
     assert_user_error(rc, se)
 

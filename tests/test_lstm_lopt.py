@@ -1,5 +1,4 @@
 """The coordinatewise LSTM optimizer ("lstm", Andrychowicz et al. 2016) against numpy formulas."""
-import dataclasses
 import math
 
 import jax

@@ -1,0 +1,138 @@
+"""Copy a finished meta-training run into ``checkpoints/NAME/`` with a model card.
+
+    python -m meta_train.ship runs/ship/mlp --name mlp --config default [--report checkpoints/report]
+
+Copies ``optimizer.npz`` (meta-parameters only, never the training state), ``config.json`` and
+``meta_training.png`` and writes ``MODEL_CARD.md``: architecture, meta-training distribution,
+outer steps, wall time, hardware, the command that reproduces the run and, when ``--report``
+names a report that evaluated this optimizer, its rows of that report.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+
+import jax
+
+import learned_opt
+from learned_opt.base import config_to_dict
+from meta_train.config import NAMED_CONFIGS, TrainConfig
+from meta_train.run import read_metrics
+from meta_train.state_io import atomic_write_bytes
+
+
+def wall_time_s(records: list[dict]) -> float:
+    """Total training time from metrics.jsonl: ``time_s`` restarts at 0 on every resume, so
+    sum the last value of each segment."""
+    total, last = 0.0, 0.0
+    for r in records:
+        t = r.get("time_s")
+        if t is None:
+            continue
+        if t < last:
+            total += last
+        last = t
+    return total + last
+
+
+def reproduce_command(cfg: dict, config_name: str, out: str) -> str:
+    """``lopt train --config NAME --set k=v ...`` giving ``cfg`` (fields that differ from the
+    named config; description excluded)."""
+    base = dataclasses.asdict(NAMED_CONFIGS[config_name])
+    sets = [f"--set {k}={json.dumps(v, separators=(',', ':'))}" for k, v in sorted(cfg.items())
+            if k != "description" and base.get(k) != v]
+    return " ".join(["lopt train --config", config_name, "--out", out, *sets])
+
+
+def _report_rows(report_dir: str, label: str) -> list[str]:
+    path = os.path.join(report_dir, "report.json")
+    if not os.path.exists(path):
+        return []
+    rep = json.load(open(path))
+    lines = ["| suite | optimizer | speedup over tuned Adam: median [q25, q75] | tasks faster | "
+             "final loss / tuned Adam: median (worst) | guard fallback rate |", "|---|---|---|---|---|---|"]
+    found = False
+    for suite, rows in rep["summary"].items():
+        for r in rows:
+            if r["optimizer"] in (label, label + " +guard"):
+                found = True
+                a = r["speedup"]
+                fb = "-" if r["fallback_rate"] is None else f"{100 * r['fallback_rate']:.0f}%"
+                lines.append(f"| `{suite}` | {r['optimizer']} | {'≥' if a['median_is_bound'] else ''}"
+                             f"{a['median']:.2f} [{a['q25']:.2f}, {a['q75']:.2f}] | "
+                             f"{round(a['frac_faster'] * a['num_tasks'])}/{a['num_tasks']} | "
+                             f"{r['median_ratio']:.3f} ({r['worst_ratio']:.3f}) | {fb} |")
+    return lines if found else []
+
+
+def ship(run_dir: str, name: str, config_name: str, root: str = "checkpoints",
+         report_dir: str | None = None, label: str | None = None, notes: str = "") -> str:
+    """Write ``root/name/`` from ``run_dir``; returns the model card's path."""
+    lopt, theta, meta = learned_opt.load(os.path.join(run_dir, "optimizer.npz"))
+    cfg = json.load(open(os.path.join(run_dir, "config.json")))
+    TrainConfig.from_dict(cfg)                      # a valid config, or a clear error
+    records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    evals = [r for r in records if "eval_mean_loss" in r]
+    dest = os.path.join(root, name)
+    os.makedirs(dest, exist_ok=True)
+    for f in ("optimizer.npz", "config.json", "meta_training.png"):
+        shutil.copyfile(os.path.join(run_dir, f), os.path.join(dest, f))
+    n_params = sum(x.size for x in jax.tree.leaves(theta))
+    fam = cfg["family"] + (f" {json.dumps(cfg['family_kwargs'])}" if cfg.get("family_kwargs") else "")
+    label = label or lopt.architecture
+    lines = [
+        f"# `{name}`: {NAMED_CONFIGS[config_name].description.split(',')[0]}", "",
+        "```python", "import learned_opt", f'tx = learned_opt.load("{name}").as_optax()    '
+        "# an optax GradientTransformationExtraArgs",
+        "# in the training loop: updates, state = tx.update(grads, state, params, value=loss)", "```", "",
+        "| | |", "|---|---|",
+        f"| architecture | `{lopt.architecture}` ({n_params} meta-parameters), config "
+        f"`{json.dumps(config_to_dict(lopt.config), default=str)}` |",
+        f"| meta-training distribution | task family `{fam}`: {cfg['min_episode_length']}-"
+        f"{cfg['max_episode_length']}-step training runs (log-uniform), truncations of "
+        f"{cfg['truncation_length']} steps |",
+        f"| meta-training | {cfg['estimator'].upper()}, {2 * cfg['num_pairs']} particles, sigma "
+        f"{cfg['sigma']}, meta-optimizer {cfg['meta_optimizer']} lr {cfg['meta_lr']}"
+        + (f" -> {cfg['meta_lr_final']} (cosine)" if cfg.get("meta_lr_final") is not None else "")
+        + f", meta-loss: normalised training {'log-loss' if cfg.get('meta_loss') == 'log' else 'loss'} |",
+        f"| outer steps | {meta.get('outer_steps', '?')} |",
+        f"| wall time | {wall_time_s(records) / 60:.1f} min |",
+        f"| hardware | {platform.machine()}, {os.cpu_count()} CPU cores (no accelerator) |",
+        "| held-out evaluation during meta-training | "
+        + (f"{evals[0]['eval_mean_loss']:.4f} (step 0) -> {evals[-1]['eval_mean_loss']:.4f} "
+           f"(step {evals[-1]['step']}), mean normalised loss of {cfg['eval_tasks']} tasks x "
+           f"{cfg['eval_steps']} steps |" if evals else "- |"),
+        "", "Reproduce:", "", "```", reproduce_command(cfg, config_name, f"runs/ship/{name}"), "```", ""]
+    if notes:
+        lines += [notes, ""]
+    rows = _report_rows(report_dir, label) if report_dir else []
+    if rows:
+        rel = os.path.relpath(os.path.join(report_dir, "report.md"), dest)
+        lines += ["## Evaluation", "", f"From the [report]({rel}) (all shipped optimizers, tuned "
+                  "baselines, curves, cost per step, the command and versions):", ""] + rows + [""]
+    lines += ["![meta-training](meta_training.png)", ""]
+    path = os.path.join(dest, "MODEL_CARD.md")
+    atomic_write_bytes(path, lambda f: f.write("\n".join(lines).encode()))
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--name", required=True, help="shipped name (learned_opt.load(NAME))")
+    ap.add_argument("--config", required=True, help="the named config the run started from")
+    ap.add_argument("--root", default="checkpoints")
+    ap.add_argument("--report", help="a report directory that evaluated this optimizer")
+    ap.add_argument("--label", help="the optimizer's label in that report (default: its architecture)")
+    ap.add_argument("--notes", default="", help="a paragraph added to the card")
+    a = ap.parse_args(argv)
+    print(ship(a.run_dir, a.name, a.config, a.root, a.report, a.label, a.notes))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
