@@ -36,3 +36,27 @@ def test_meta_training_through_the_loss_guard_runs():
     np.testing.assert_array_equal(np.asarray(gs.steps), np.concatenate([state.est_state.t] * 2))
     assert np.all(np.asarray(gs.fallbacks) <= np.asarray(gs.steps))
     assert np.isfinite(float(tr.evaluate(state.theta)["eval_mean_loss"]))
+
+
+def test_log_meta_loss_is_the_log_of_the_normalised_loss():
+    import learned_opt
+    import tasks
+    from meta_train.unroll import learned_optimizer_unroll
+    lopt = learned_opt.make("mlp")
+    theta = lopt.init(jax.random.PRNGKey(0))
+    family = tasks.get_family("quadratic")
+    plain, logged = (learned_optimizer_unroll(lopt, family, episode_length=5, log_loss=b) for b in (False, True))
+    k0, k1 = jax.random.split(jax.random.PRNGKey(1))
+    _, lin = plain.step(theta, plain.init(theta, k0), k1)
+    _, log = logged.step(theta, logged.init(theta, k0), k1)
+    np.testing.assert_allclose(log, np.log(lin), rtol=1e-6)
+
+
+def test_meta_loss_and_meta_lr_final_are_validated():
+    import pytest
+    from meta_train.config import ConfigError
+    with pytest.raises(ConfigError, match="meta_loss"):
+        get_config("smoke", ["meta_loss=mean"])
+    with pytest.raises(ConfigError, match="meta_lr_final"):
+        get_config("smoke", ["meta_lr_final=1.0"])
+    assert get_config("smoke", ["meta_lr_final=0.0001"]).meta_lr_final == 1e-4
