@@ -271,8 +271,15 @@ def test_baselines():
     tx = learned_opt.make_baseline("adam", 0.01)
     u, _ = tx.update(g, tx.init(x), x)
     np.testing.assert_allclose(u, -0.01 * jnp.sign(g), rtol=1e-5)
+    tx = learned_opt.make_baseline("lion", 0.01)       # sign of the interpolated momentum
+    u, _ = tx.update(g, tx.init(x), x)
+    np.testing.assert_allclose(u, -0.01 * jnp.sign(g), rtol=1e-6)
     with pytest.raises(learned_opt.LearnedOptError, match="known: .*adam"):
-        learned_opt.make_baseline("lion")
+        learned_opt.make_baseline("adamax_nope")
+    from learned_opt.baselines import LR_GRIDS
+    for name in learned_opt.baseline_names():               # half-decade grids, 11 points
+        ratios = np.diff(np.log10(LR_GRIDS[name]))
+        assert len(LR_GRIDS[name]) == 11 and np.allclose(ratios, 0.5, atol=1e-3), name
     with pytest.raises(learned_opt.LearnedOptError, match="bad options"):
         learned_opt.make_baseline("adam", 1e-3, no_such_option=1)
 
