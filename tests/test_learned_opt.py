@@ -271,9 +271,9 @@ def test_baselines():
     tx = learned_opt.make_baseline("adam", 0.01)
     u, _ = tx.update(g, tx.init(x), x)
     np.testing.assert_allclose(u, -0.01 * jnp.sign(g), rtol=1e-5)
-    tx = learned_opt.make_baseline("lion", 0.01)       # sign of the interpolated momentum
+    tx = learned_opt.make_baseline("lion", 0.01)       # sign of the interpolated momentum + wd 1e-3
     u, _ = tx.update(g, tx.init(x), x)
-    np.testing.assert_allclose(u, -0.01 * jnp.sign(g), rtol=1e-6)
+    np.testing.assert_allclose(u, -0.01 * (jnp.sign(g) + 1e-3 * x), rtol=1e-6)
     with pytest.raises(learned_opt.LearnedOptError, match="known: .*adam"):
         learned_opt.make_baseline("adamax_nope")
     from learned_opt.baselines import LR_GRIDS
