@@ -2,8 +2,8 @@
 
     python -m meta_train.ship runs/ship/mlp --name mlp --config default [--report checkpoints/report]
 
-Copies ``optimizer.npz`` (meta-parameters only, never the training state), ``config.json`` and
-``meta_training.png`` and writes ``MODEL_CARD.md``: architecture, meta-training distribution,
+Copies ``optimizer.npz`` (meta-parameters only, never the training state), ``config.json``,
+``meta_training.png`` and a thinned ``metrics.jsonl``, and writes ``MODEL_CARD.md``: architecture, meta-training distribution,
 outer steps, wall time, hardware, the command that reproduces the run and, when ``--report``
 names a report that evaluated this optimizer, its rows of that report.
 """
@@ -81,6 +81,10 @@ def ship(run_dir: str, name: str, config_name: str, root: str = "checkpoints",
     os.makedirs(dest, exist_ok=True)
     for f in ("optimizer.npz", "config.json", "meta_training.png"):
         shutil.copyfile(os.path.join(run_dir, f), os.path.join(dest, f))
+    # A thinned log (every evaluation, the training metrics every 50 steps) for the report.
+    kept = [r for r in records if "eval_mean_loss" in r or r.get("step", 0) % 50 == 0]
+    atomic_write_bytes(os.path.join(dest, "metrics.jsonl"),
+                       lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
     n_params = sum(x.size for x in jax.tree.leaves(theta))
     fam = cfg["family"] + (f" {json.dumps(cfg['family_kwargs'])}" if cfg.get("family_kwargs") else "")
     label = label or lopt.architecture
