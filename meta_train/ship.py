@@ -43,8 +43,9 @@ def reproduce_command(cfg: dict, config_name: str, out: str) -> str:
     """``lopt train --config NAME --set k=v ...`` giving ``cfg`` (fields that differ from the
     named config; description excluded)."""
     base = dataclasses.asdict(NAMED_CONFIGS[config_name])
-    sets = [f"--set {k}={json.dumps(v, separators=(',', ':'))}" for k, v in sorted(cfg.items())
-            if k != "description" and base.get(k) != v]
+    def text(v):
+        return v if isinstance(v, str) and v.isidentifier() else json.dumps(v, separators=(",", ":"))
+    sets = [f"--set {k}={text(v)}" for k, v in sorted(cfg.items()) if k != "description" and base.get(k) != v]
     return " ".join(["lopt train --config", config_name, "--out", out, *sets])
 
 

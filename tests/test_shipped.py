@@ -1,0 +1,97 @@
+"""Shipped optimizers: load by name, use in a plain optax loop, model cards that reproduce."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import learned_opt
+import tasks
+from learned_opt.base import CheckpointError
+from meta_train.config import get_config
+from meta_train.ship import reproduce_command, wall_time_s
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCHITECTURES = {"mlp", "lstm", "rnn_mlp", "adafactor_mlp"}
+
+
+def test_every_architecture_is_shipped_with_a_model_card():
+    names = learned_opt.shipped_names()
+    assert ARCHITECTURES <= set(names), names
+    for name in names:
+        d = os.path.join(ROOT, "checkpoints", name)
+        card = open(os.path.join(d, "MODEL_CARD.md")).read()
+        for needle in ("architecture", "meta-training distribution", "outer steps", "wall time",
+                       "hardware", "lopt train --config", f'learned_opt.load("{name}")'):
+            assert needle in card, (name, needle)
+        assert os.path.getsize(os.path.join(d, "optimizer.npz")) < 1_000_000   # meta-parameters only
+        assert not os.path.exists(os.path.join(d, "train_state.npz"))
+
+
+def test_shipped_optimizer_by_name_in_a_plain_optax_loop():
+    """learned_opt.load("mlp").as_optax() trains a held-out mnist1d MLP: the loss falls."""
+    tx = learned_opt.load("mlp").as_optax()
+    task = tasks.get_task("mnist1d_mlp_relu")
+    key = jax.random.PRNGKey(3)
+    params = task.init(key)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, k):
+        loss, grads = jax.value_and_grad(task.loss)(params, k, task.sample_batch(k))
+        updates, state = tx.update(grads, state, params, value=loss)
+        return optax.apply_updates(params, updates), state, loss
+
+    losses = []
+    for k in jax.random.split(key, 60):
+        params, state, loss = step(params, state, k)
+        losses.append(float(loss))
+    assert np.isfinite(losses).all() and np.mean(losses[-10:]) < 0.8 * np.mean(losses[:3])
+
+
+def test_each_shipped_optimizer_restores_its_architecture():
+    for name in ARCHITECTURES:
+        lopt, theta, meta = learned_opt.load(name)
+        assert lopt.architecture == name and meta["outer_steps"] > 0
+        cfg = meta["train_config"]
+        assert cfg["architecture"] == name and cfg["family"] == "mnist1d_mlp"
+
+
+def test_unknown_name_lists_the_shipped_ones(tmp_path, monkeypatch):
+    with pytest.raises(CheckpointError, match=r"no shipped optimizer named 'nope'.*mlp"):
+        learned_opt.load("nope")
+    monkeypatch.setenv("LOPT_CHECKPOINTS", str(tmp_path))            # an empty shelf
+    with pytest.raises(CheckpointError, match="LOPT_CHECKPOINTS"):
+        learned_opt.load("mlp")
+    lopt = learned_opt.make("adafactor_mlp")
+    os.makedirs(tmp_path / "mine")
+    learned_opt.save(str(tmp_path / "mine" / "optimizer.npz"), lopt, lopt.init(jax.random.PRNGKey(0)))
+    assert learned_opt.shipped_names() == ["mine"]
+    loaded = learned_opt.load("mine")
+    assert loaded.lopt.architecture == "adafactor_mlp"
+    g = {"w": jnp.ones(3)}
+    tx = loaded.guarded(optax.sgd(0.1))
+    upd, _ = tx.update(g, tx.init(g), g, value=1.0, value_fn=lambda p: jnp.sum(p["w"] ** 2))
+    assert np.all(np.isfinite(upd["w"]))
+
+
+def test_model_card_command_reproduces_the_config():
+    """The reproduce command's --set overrides rebuild the shipped run's config exactly."""
+    for name in ARCHITECTURES:
+        cfg = json.load(open(os.path.join(ROOT, "checkpoints", name, "config.json")))
+        card = open(os.path.join(ROOT, "checkpoints", name, "MODEL_CARD.md")).read()
+        cmd = next(line for line in card.splitlines() if line.startswith("lopt train --config"))
+        words = cmd.split()
+        sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+        rebuilt = get_config(words[words.index("--config") + 1], sets)
+        got = {k: v for k, v in json.loads(rebuilt.to_json()).items() if k != "description"}
+        assert got == {k: v for k, v in cfg.items() if k != "description"}, name
+        assert cmd == reproduce_command(cfg, words[3], words[5])
+
+
+def test_wall_time_sums_resumed_segments():
+    recs = [{"time_s": 1.0}, {"eval_mean_loss": 0.5}, {"time_s": 10.0}, {"time_s": 2.0}, {"time_s": 5.0}]
+    assert wall_time_s(recs) == 15.0
