@@ -90,7 +90,7 @@ def ship(run_dir: str, name: str, config_name: str, root: str = "checkpoints",
     fam = cfg["family"] + (f" {json.dumps(cfg['family_kwargs'])}" if cfg.get("family_kwargs") else "")
     label = label or lopt.architecture
     lines = [
-        f"# `{name}`: {NAMED_CONFIGS[config_name].description.split(',')[0]}", "",
+        f"# `{name}`: {NAMED_CONFIGS[config_name].description.split(', PES')[0]}", "",
         "```python", "import learned_opt", f'tx = learned_opt.load("{name}").as_optax()    '
         "# an optax GradientTransformationExtraArgs",
         "# in the training loop: updates, state = tx.update(grads, state, params, value=loss)", "```", "",
