@@ -106,7 +106,7 @@ NAMED_CONFIGS: dict[str, TrainConfig] = {
     "default": TrainConfig(
         outer_steps=2000, eval_every=250,
         description="Per-parameter MLP optimizer, PES on 2-layer MLPs (mixed activations, "
-                    "init scales) on mnist1d; about 5 minutes on 2 CPU cores."),
+                    "init scales) on mnist1d; about 2.5 minutes on 2 CPU cores."),
     **{f"{arch}{suffix}": TrainConfig(
         outer_steps=2000, eval_every=250, architecture=arch, lopt_config=lc,
         description=f"{label}{note}, PES on the default mnist1d MLP family (2000 outer steps).")

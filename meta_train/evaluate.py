@@ -19,7 +19,6 @@ from learned_opt.base import LearnedOptError
 from learned_opt.loss_guard import fallback_rate, find_guard_state
 
 PyTree = Any
-ADAM_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 DEFAULT_ADAM_LR = 1e-3
 
 
@@ -87,10 +86,6 @@ def family_curves(family, cfgs, keys, make_tx: Callable[[Any], optax.GradientTra
     return np.asarray(losses), np.asarray(test), np.asarray(rate)
 
 
-def adam_tx(lr):
-    return optax.adam(lr)
-
-
 def smooth(curve: np.ndarray, window: int) -> np.ndarray:
     """Trailing moving average along the last axis (same length; early steps use what exists)."""
     c = np.asarray(curve, dtype=float)
@@ -110,10 +105,3 @@ def final_loss(curve: np.ndarray, frac: float = 0.05) -> np.ndarray:
     w = max(1, int(round(c.shape[-1] * frac)))
     tail = c[..., -w:]
     return np.where(np.all(np.isfinite(tail), axis=-1), tail.mean(axis=-1), np.inf)
-
-
-def steps_to_reach(curve: np.ndarray, target: float, window: int) -> int | None:
-    """First step (1-based) at which the smoothed curve is <= target; None if never."""
-    s = smooth(curve, window)
-    hit = np.nonzero(s <= target)[0]
-    return int(hit[0]) + 1 if hit.size else None
