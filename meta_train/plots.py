@@ -57,7 +57,9 @@ def _line_styles():
     """label -> matplotlib style: Adam tuned black, Adam lr=1e-3 grey, the baselines thin
     and dotted, each learned optimizer its own colour with its " +guard" version dashed."""
     colours: dict[str, str] = {}
-    palette = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3)
+    # tab10 without its grey, which is Adam lr=1e-3's colour
+    palette = iter(["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                    "#bcbd22", "#17becf"] * 3)
 
     def style(label: str) -> dict:
         fixed = {"Adam tuned": dict(color="black", lw=2.0), "Adam lr=1e-3": dict(color="0.55")}
