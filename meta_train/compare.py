@@ -176,6 +176,8 @@ def run_suite(suite: Suite, entries: list[Entry], guard: bool = True, progress=N
     envelopes = np.stack([sp.reference_envelope(g_losses[:, i], window) for i in range(n)])
     best = _tune(g_losses, grid, T)
     default = np.full(n, ev.DEFAULT_ADAM_LR, np.float32)
+    # T-step runs at the chosen rates: their curves equal the grid's first T steps (same keys),
+    # but the test loss needs the parameters at step T.
     for label, lrs in ((ADAM_DEFAULT, default), (ADAM_TUNED, grid[best])):
         curves[label], test[label], _ = _curves(fam, cfgs, keys, lambda lr, _: optax.adam(lr),
                                                 jnp.asarray(lrs), 0, T)
