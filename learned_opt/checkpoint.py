@@ -27,7 +27,7 @@ import numpy as np
 
 from learned_opt.base import (CheckpointError, LearnedOptError, LearnedOptimizer,
                               architectures, config_from_dict, config_to_dict)
-from learned_opt.shipped import looks_like_name, shipped_path
+from learned_opt.shipped import resolve
 
 FORMAT = "learned-opt-theta"
 VERSION = 1
@@ -281,8 +281,7 @@ def load(path: str) -> Loaded:
 
         tx = learned_opt.load("mlp").as_optax()          # any optax training loop
     """
-    if not os.path.exists(path) and looks_like_name(path):
-        path = shipped_path(path)
+    path = resolve(path)
     header, arrays = _read(path)
     lopt = _optimizer_from_header(path, header)
     return Loaded(lopt, _build_theta(path, header, arrays, lopt), dict(header.get("metadata") or {}))

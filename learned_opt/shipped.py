@@ -46,4 +46,11 @@ def shipped_path(name: str) -> str:
     return path
 
 
-__all__ = ["shipped_dir", "shipped_names", "shipped_path", "looks_like_name", "ENV_VAR"]
+def resolve(path_or_name: str) -> str:
+    """A checkpoint path as given, or the file of the shipped optimizer of that name."""
+    if not os.path.exists(path_or_name) and looks_like_name(path_or_name):
+        return shipped_path(path_or_name)
+    return path_or_name
+
+
+__all__ = ["shipped_dir", "shipped_names", "shipped_path", "looks_like_name", "resolve", "ENV_VAR"]

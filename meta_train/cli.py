@@ -115,7 +115,9 @@ def _baseline_list(text: str) -> tuple:
 
 def cmd_report(args) -> int:
     from meta_train.report import write_report
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoints[0])), "report")
+    first = args.checkpoints[0]
+    out = args.out or (os.path.join(os.path.dirname(os.path.abspath(first)), "report") if os.path.exists(first)
+                       else os.path.join("runs", f"report-{first}"))    # a shipped name
     command = "lopt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     rep = write_report(args.checkpoints, out, num_tasks=args.num_tasks, num_steps=args.steps,
                        long_factor=args.long_factor, ood_tasks=args.ood_tasks, guard=not args.no_guard,
@@ -239,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a named task (see `lopt tasks`) with a learned optimizer "
                                    "loaded from CHECKPOINT and with Adam, from the same initialisation "
                                    "and batches; writes curves.png and curves.json.")
-    a.add_argument("checkpoint", help="learned-optimizer file (e.g. runs/default/optimizer.npz)")
+    a.add_argument("checkpoint", help="learned-optimizer file (e.g. runs/default/optimizer.npz) "
+                                      "or a shipped name (e.g. rnn_mlp)")
     a.add_argument("--task", required=True, help="named task, see `lopt tasks`")
     a.add_argument("--steps", type=int, default=1000, help="training steps (default: %(default)s)")
     a.add_argument("--seed", type=int, default=0, help="initialisation and batch seed")
@@ -258,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "tasks outside the family (another dataset, another architecture). Writes "
                                    "report.md, report.json and one PNG per suite.",
                        epilog="example:\n  lopt report runs/cmp/*/optimizer.npz --out runs/cmp/report")
-    r.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="learned-optimizer file(s)")
+    r.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="learned-optimizer file(s), or shipped names (mlp, rnn_mlp, adafactor_mlp, lstm)")
     r.add_argument("--out", help="output directory (default: beside the first checkpoint, report/)")
     r.add_argument("--num-tasks", type=int, default=8, help="held-out in-family tasks (default: %(default)s)")
     r.add_argument("--steps", type=int, help="steps per task (default: the meta-training horizon)")

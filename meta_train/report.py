@@ -21,6 +21,7 @@ from meta_train import compare as cmp
 from learned_opt.base import LearnedOptError
 from learned_opt.baselines import LR_GRIDS
 from learned_opt.loss_guard import guarded
+from learned_opt.shipped import resolve
 from meta_train import evaluate as ev
 from meta_train.plots import plot_speedup, plot_suite
 from meta_train.run import read_metrics
@@ -174,7 +175,7 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
     ``tasks.suites``), with ``seeds`` seeds per task; Adam's reference runs ``adam_factor`` times
     the horizon (2x and no other baselines on the long-horizon suite, to bound the cost).
     Writes report.md, report.json and two PNGs per suite."""
-    paths = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
+    paths = [resolve(p) for p in ([checkpoints] if isinstance(checkpoints, str) else checkpoints)]
     unknown = [b for b in baselines if b not in LR_GRIDS or b == "adam"]
     if unknown:
         raise LearnedOptError(f"unknown baseline(s) {unknown}; known: "

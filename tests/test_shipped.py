@@ -92,6 +92,17 @@ def test_model_card_command_reproduces_the_config():
         assert cmd == reproduce_command(cfg, words[3], words[5])
 
 
+def test_cli_applies_a_shipped_optimizer_by_name(tmp_path):
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.run([sys.executable, "-m", "meta_train", "apply", "adafactor_mlp", "--task", "quadratic_10d",
+                        "--steps", "20", "--out", str(tmp_path / "a")], capture_output=True, text=True,
+                       timeout=240, cwd=ROOT, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "final training loss" in p.stdout and (tmp_path / "a" / "curves.png").exists()
+
+
 def test_wall_time_sums_resumed_segments():
     recs = [{"time_s": 1.0}, {"eval_mean_loss": 0.5}, {"time_s": 10.0}, {"time_s": 2.0}, {"time_s": 5.0}]
     assert wall_time_s(recs) == 15.0
