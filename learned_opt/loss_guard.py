@@ -30,16 +30,16 @@ branching on values).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from chex import ArrayTree as PyTree
 
 from learned_opt.base import LearnedOptError
 from learned_opt.optax_adapter import as_optax
 
-PyTree = Any
 
 
 class LossGuardState(NamedTuple):

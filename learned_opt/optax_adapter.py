@@ -10,15 +10,15 @@ step (up to float rounding of the subtraction and re-addition).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from chex import ArrayTree as PyTree
 
 from learned_opt.base import LearnedOptError
 
-PyTree = Any
 
 
 class LearnedOptaxState(NamedTuple):

@@ -6,11 +6,11 @@ import dataclasses
 import json
 from typing import Any
 
+from learned_opt.errors import LearnedOptError
+from meta_train.estimators import ESTIMATORS
 
-ESTIMATOR_NAMES = ("pes", "tes", "full_es", "tbptt")
 
-
-class ConfigError(ValueError):
+class ConfigError(LearnedOptError):
     """A user-caused problem with a meta-training config (unknown name or key, bad value)."""
 
 
@@ -59,8 +59,8 @@ class TrainConfig:
             (self.truncation_length >= 1, "truncation_length must be >= 1"),
             (1 <= self.min_episode_length <= self.max_episode_length,
              "need 1 <= min_episode_length <= max_episode_length"),
-            (self.estimator in ESTIMATOR_NAMES,
-             f"unknown estimator {self.estimator!r}; known: {list(ESTIMATOR_NAMES)}"),
+            (self.estimator in ESTIMATORS,
+             f"unknown estimator {self.estimator!r}; known: {list(ESTIMATORS)}"),
             (self.sigma > 0, "sigma must be > 0"),
             (self.loss_clip is None or self.loss_clip > 0, "loss_clip must be > 0 or null"),
             (self.sign_delta is None or self.sign_delta > 0, "sign_delta must be > 0 or null"),

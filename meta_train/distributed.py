@@ -29,6 +29,8 @@ import signal
 import socket
 import time
 
+from learned_opt.errors import LearnedOptError
+
 ENV_COORDINATOR = "LOPT_COORDINATOR"
 ENV_NUM_PROCESSES = "LOPT_NUM_PROCESSES"
 ENV_PROCESS_ID = "LOPT_PROCESS_ID"
@@ -36,7 +38,7 @@ DEFAULT_TIMEOUT = 120.0
 _HELLO = "lopt-rendezvous"
 
 
-class DistributedError(RuntimeError):
+class DistributedError(LearnedOptError, RuntimeError):
     """A multi-process run cannot start (bad settings, a process missing)."""
 
     def __init__(self, msg: str):

@@ -39,18 +39,18 @@ particle) with a non-finite loss or gradient is left out of the average, counted
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from chex import ArrayTree as PyTree
 
-from meta_train.config import ESTIMATOR_NAMES
+from learned_opt.errors import LearnedOptError
 from meta_train.unroll import Unroll
 
-PyTree = Any
 
 
-class EstimatorError(ValueError):
+class EstimatorError(LearnedOptError):
     """An invalid estimator choice or option."""
 
 
@@ -416,19 +416,40 @@ class TruncatedBPTT(_Truncated):
         return grad, TruncatedState(inner, t, T), metrics
 
 
+def _es_options(config) -> dict:
+    return dict(num_pairs=config.num_pairs, sigma=config.sigma, loss_clip=config.loss_clip,
+                antithetic=config.antithetic, sign_delta=config.sign_delta)
+
+
+class EstimatorSpec(NamedTuple):
+    """A registered estimator: a one-line description and how to build it from a TrainConfig."""
+    description: str
+    build: Callable[[Any, Unroll], GradientEstimator]
+
+
+# The one registry of estimator names: TrainConfig validation, make_estimator and the CLI's
+# ``--estimator`` choices all read it. Every estimator gets the same population,
+# 2 * num_pairs particles.
+ESTIMATORS: dict[str, EstimatorSpec] = {
+    "pes": EstimatorSpec(
+        "persistent ES (unbiased; default)",
+        lambda c, u: PES(u, truncation_length=c.truncation_length, **_es_options(c))),
+    "tes": EstimatorSpec(
+        "truncated ES (biased for short truncations)",
+        lambda c, u: TruncatedES(u, truncation_length=c.truncation_length, **_es_options(c))),
+    "full_es": EstimatorSpec(
+        "ES over whole episodes",
+        lambda c, u: FullES(u, loss=c.full_es_loss, **_es_options(c))),
+    "tbptt": EstimatorSpec(
+        "truncated backprop through time (biased for short truncations)",
+        lambda c, u: TruncatedBPTT(u, num_particles=2 * c.num_pairs,
+                                   truncation_length=c.truncation_length)),
+}
+
+
 def make_estimator(config, unroll: Unroll) -> GradientEstimator:
-    """The outer estimator a TrainConfig names (``config.estimator``), over ``unroll``.
-    Every estimator gets the same population, 2 * num_pairs particles."""
-    name = config.estimator
-    es = dict(num_pairs=config.num_pairs, sigma=config.sigma, loss_clip=config.loss_clip,
-              antithetic=config.antithetic, sign_delta=config.sign_delta)
-    if name == "pes":
-        return PES(unroll, truncation_length=config.truncation_length, **es)
-    if name == "tes":
-        return TruncatedES(unroll, truncation_length=config.truncation_length, **es)
-    if name == "full_es":
-        return FullES(unroll, loss=config.full_es_loss, **es)
-    if name == "tbptt":
-        return TruncatedBPTT(unroll, num_particles=2 * config.num_pairs,
-                             truncation_length=config.truncation_length)
-    raise EstimatorError(f"unknown estimator {name!r}; known: {list(ESTIMATOR_NAMES)}")
+    """The outer estimator a TrainConfig names (``config.estimator``, a key of ESTIMATORS),
+    over ``unroll``."""
+    if config.estimator not in ESTIMATORS:
+        raise EstimatorError(f"unknown estimator {config.estimator!r}; known: {list(ESTIMATORS)}")
+    return ESTIMATORS[config.estimator].build(config, unroll)

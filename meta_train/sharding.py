@@ -21,13 +21,12 @@ the cross-device sums (tests/test_sharding.py measures it).
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import jax
 import numpy as np
+from chex import ArrayTree as PyTree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-PyTree = Any
 AXIS = "pop"
 
 

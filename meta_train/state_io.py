@@ -1,56 +1,38 @@
-"""Atomic checkpoints of the whole meta-training state (theta, meta-optimizer state,
-estimator state, RNG, step) as one .npz with a JSON header."""
+"""Meta-training state files: the whole training state (theta, meta-optimizer state, estimator
+state, RNG, step) in one archive of the project's single file format (``learned_opt.files``:
+path-keyed leaves such as ``state/est_state/xi/...``, a sha256 checksum, a format version, written
+atomically), with the run's config in the header."""
 from __future__ import annotations
 
 import json
-import zipfile
 
 import jax
-import numpy as np
 
-from learned_opt.checkpoint import atomic_write as atomic_write_bytes
+from learned_opt import files
+from learned_opt.errors import LearnedOptError
 
 FORMAT = "lopt-train-state"
-VERSION = 1
+VERSION = 2          # v1 (leaf_i keys, no checksum) predates the shared archive format
+PREFIX = "state/"
 
 
-class StateFileError(ValueError):
+class StateFileError(LearnedOptError):
     """A training-state file cannot be used (corrupt, foreign, or from another config)."""
 
 
 def save_state(path: str, state, config_json: str) -> None:
-    leaves, treedef = jax.tree.flatten(jax.device_get(state))
-    header = {"format": FORMAT, "version": VERSION, "treedef": str(treedef),
-              "num_leaves": len(leaves), "config": json.loads(config_json)}
-    arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)}
-    atomic_write_bytes(path, lambda f: np.savez(f, __header__=np.array(json.dumps(header)), **arrays))
+    files.write_archive(path, jax.device_get(state), fmt=FORMAT, version=VERSION, prefix=PREFIX,
+                        fields={"config": json.loads(config_json)}, error=StateFileError)
 
 
-def read_header(path: str) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(str(z["__header__"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise StateFileError(f"{path}: not a readable training-state file ({e.__class__.__name__})") from None
-    if header.get("format") != FORMAT or header.get("version") != VERSION:
-        raise StateFileError(f"{path}: not a {FORMAT} v{VERSION} file")
-    return header
+def _read(path: str):
+    return files.read_archive(path, fmt=FORMAT, version=VERSION, prefix=PREFIX,
+                              what="training-state file", writer="`lopt train`", error=StateFileError)
 
 
 def load_state(path: str, template):
-    """Restore a state with the same tree structure as ``template``."""
-    header = read_header(path)
-    leaves_t, treedef = jax.tree.flatten(template)
-    if header["num_leaves"] != len(leaves_t) or header["treedef"] != str(treedef):
-        raise StateFileError(f"{path}: saved state has another structure than this config's "
-                             "(was it written by another architecture or config?)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            leaves = [z[f"leaf_{i}"] for i in range(len(leaves_t))]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise StateFileError(f"{path}: corrupt training-state file ({e.__class__.__name__})") from None
-    for a, t in zip(leaves, leaves_t):
-        if a.shape != np.shape(t):
-            raise StateFileError(f"{path}: array shape {a.shape} does not match {np.shape(t)}")
-    return jax.tree.unflatten(treedef, [jax.numpy.asarray(a, dtype=jax.numpy.result_type(t))
-                                        for a, t in zip(leaves, leaves_t)])
+    """Restore a state with the same tree structure (paths, shapes, dtypes) as ``template``."""
+    header, arrays = _read(path)
+    return files.tree_from_archive(template, header, arrays, f"training state {path}",
+                                   "this run's config",
+                                   "was it written by another architecture or config?", StateFileError)

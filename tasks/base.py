@@ -14,12 +14,14 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from chex import ArrayTree as PyTree
 
-PyTree = Any
+from learned_opt.errors import LearnedOptError
+
 Batch = Any
 
 
-class TaskError(ValueError):
+class TaskError(LearnedOptError):
     """A user-caused problem with a task or dataset (unknown name, bad value)."""
 
 

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 
 from meta_train.config import get_config
-from meta_train.run import STATE_FILE, read_metrics, train
+from learned_opt.files import read_jsonl as read_metrics
+from meta_train.run import STATE_FILE, train
 
 CFG = get_config("smoke").replace(outer_steps=12, checkpoint_every=5, eval_every=4, log_every=1)
 
@@ -48,3 +49,40 @@ def test_existing_run_needs_resume_flag(tmp_path):
     with pytest.raises(ConfigError, match="another config"):
         train(CFG.replace(outer_steps=4, sigma=0.5, eval_every=0), str(tmp_path / "r"),
               resume=True, progress=False)
+
+
+def test_training_state_file_is_checked(tmp_path):
+    """train_state.npz is an archive of the shared format: a truncated or altered file fails its
+    checksum, a state of another config is named leaf by leaf, a theta file is foreign; each is a
+    StateFileError (a LearnedOptError, so the CLI prints one line)."""
+    import pytest
+    import learned_opt
+    from learned_opt.errors import LearnedOptError
+    from meta_train.state_io import StateFileError, load_state
+    cfg = CFG.replace(outer_steps=2, eval_every=0)
+    state, _, _ = train(cfg, str(tmp_path / "r"), progress=False)
+    path = tmp_path / "r" / STATE_FILE
+    again = load_state(str(path), state)                # round trip, exactly
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert issubclass(StateFileError, LearnedOptError)
+    data = path.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(StateFileError, match="corrupt or truncated"):
+        load_state(str(tmp_path / "trunc.npz"), state)
+    # same structure, one number changed: the checksum catches it
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    name = next(k for k in arrays if k.startswith("state/theta/"))
+    arrays[name] = arrays[name] + 1.0
+    np.savez(tmp_path / "altered.npz", **arrays)
+    with pytest.raises(StateFileError, match="checksum"):
+        load_state(str(tmp_path / "altered.npz"), state)
+    # another config's state: mismatched leaves are named
+    other, _, _ = train(cfg.replace(num_pairs=3), str(tmp_path / "o"), progress=False)
+    with pytest.raises(StateFileError, match="does not match this run's config"):
+        load_state(str(tmp_path / "o" / STATE_FILE), state)
+    # an optimizer file is not a training state
+    learned_opt.save(str(tmp_path / "theta.npz"), learned_opt.make("mlp"), state.theta)
+    with pytest.raises(StateFileError, match="format 'learned-opt-theta'"):
+        load_state(str(tmp_path / "theta.npz"), state)
