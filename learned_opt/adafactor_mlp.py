@@ -73,17 +73,16 @@ separately. Everything else (eps values, normalisation, step rule) follows it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from chex import Array, ArrayTree as PyTree
 
-from learned_opt import dmd
 from learned_opt import features as F
-from learned_opt.base import LearnedOptError, LearnedOptimizer, register
-from learned_opt.nets import apply_mlp, init_mlp
-
-PyTree = Any
+from learned_opt.base import LOptConfig, PerParameterMLP, are_ints, register
+from learned_opt.dmd import DMDState
+from learned_opt.nets import init_step_mlp
 
 RMS_EPS = 1e-6          # rsqrt(v + RMS_EPS)
 ROW_COL_EPS = 1e-8      # rsqrt(r + ROW_COL_EPS), rsqrt(c + ROW_COL_EPS)
@@ -91,7 +90,7 @@ PRECOND_EPS = 1e-9      # u = g * rsqrt(vhat + PRECOND_EPS)
 NUM_NORMALISED_PER_K = 8  # channels per decay index among the normalised ones
 
 
-class AdafactorLOptState(NamedTuple):
+class AdafactorMLPState(NamedTuple):
     """Accumulators (pytrees like params; K = number of momentum/adafactor decays):
 
     ``momenta``: ``p.shape + (K,)``; ``rms``: ``p.shape + (1,)``;
@@ -106,17 +105,17 @@ class AdafactorLOptState(NamedTuple):
     row: PyTree
     col: PyTree
     fac_momenta: PyTree
-    iteration: jax.Array
-    dmd: Any = None
+    iteration: Array
+    dmd: DMDState | None = None
 
 
 @dataclasses.dataclass(frozen=True)
-class AdafactorLOptConfig:
+class AdafactorMLPConfig(LOptConfig):
     hidden_sizes: tuple[int, ...] = (4, 4)
     momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)   # initial values (meta-learned)
     rms_decay: float = 0.999                                    # initial value (meta-learned)
     adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)  # initial values (meta-learned)
-    max_decay: float = 0.99999        # learned decays are clipped to [0, max_decay]
+    max_decay: float = F.MAX_DECAY    # learned decays are clipped to [0, max_decay]
     time_scales: tuple[float, ...] = F.TIME_SCALES
     step_mult: float = 0.001
     exp_mult: float = 0.001
@@ -125,29 +124,21 @@ class AdafactorLOptConfig:
     dmd_window: int = 0               # gradient snapshots for DMD features (0 = off)
     dmd_rank: int = 3
 
-    def __post_init__(self):
-        if not self.hidden_sizes or any(int(h) != h or h < 1 for h in self.hidden_sizes):
-            raise LearnedOptError(f"hidden_sizes must be positive ints, got {self.hidden_sizes}")
-        if not 0.0 < self.max_decay < 1.0:
-            raise LearnedOptError(f"max_decay must lie in (0, 1), got {self.max_decay}")
+    def checks(self):
+        yield "hidden_sizes", are_ints(self.hidden_sizes), "a non-empty tuple of positive ints"
+        yield "max_decay", 0.0 < self.max_decay < 1.0, "in (0, 1)"
         for name in ("momentum_decays", "adafactor_decays"):
             ds = getattr(self, name)
-            if not ds or any(not 0.0 <= d <= self.max_decay for d in ds):
-                raise LearnedOptError(
-                    f"{name} must be a non-empty tuple of values in [0, max_decay="
-                    f"{self.max_decay}], got {ds}")
-        if len(self.momentum_decays) != len(self.adafactor_decays):
-            raise LearnedOptError(
-                "momentum_decays and adafactor_decays must have the same length (the factored "
-                f"momentum pairs them), got {self.momentum_decays} and {self.adafactor_decays}")
-        if not 0.0 <= self.rms_decay <= self.max_decay:
-            raise LearnedOptError(
-                f"rms_decay must lie in [0, max_decay={self.max_decay}], got {self.rms_decay}")
-        if any(s <= 0 for s in self.time_scales):
-            raise LearnedOptError(f"time_scales must be positive, got {self.time_scales}")
-        if self.norm_eps <= 0:
-            raise LearnedOptError(f"norm_eps must be positive, got {self.norm_eps}")
-        dmd.validate(self.dmd_window, self.dmd_rank)
+            yield (name, bool(ds) and all(0.0 <= d <= self.max_decay for d in ds),
+                   f"a non-empty tuple of values in [0, max_decay={self.max_decay}]")
+        yield ("adafactor_decays", len(self.momentum_decays) == len(self.adafactor_decays),
+               f"of the same length as momentum_decays {self.momentum_decays} (the factored "
+               "momentum pairs them)")
+        yield ("rms_decay", 0.0 <= self.rms_decay <= self.max_decay,
+               f"in [0, max_decay={self.max_decay}]")
+        yield "time_scales", all(s > 0 for s in self.time_scales), "positive"
+        yield "norm_eps", self.norm_eps > 0, "positive"
+        yield from super().checks()
 
     @property
     def num_decays(self) -> int:
@@ -160,8 +151,7 @@ class AdafactorLOptConfig:
 
     @property
     def num_inputs(self) -> int:
-        n_dmd = dmd.num_features(self.dmd_rank) if self.dmd_window else 0
-        return self.num_normalised + len(self.time_scales) + n_dmd
+        return self.num_normalised + len(self.time_scales) + self.num_dmd_inputs
 
 
 class Decays(NamedTuple):
@@ -170,7 +160,7 @@ class Decays(NamedTuple):
     adafactor: F.DecayPair
 
 
-def decays_from_theta(theta: dict, max_decay: float = 0.99999) -> Decays:
+def decays_from_theta(theta: dict, max_decay: float = F.MAX_DECAY) -> Decays:
     """The three groups of decays encoded in theta (``beta = 1 - exp(x)``, clipped)."""
     return Decays(
         F.decays_from_log_one_minus(theta["log_one_minus_momentum_decays"], max_decay),
@@ -178,8 +168,8 @@ def decays_from_theta(theta: dict, max_decay: float = 0.99999) -> Decays:
         F.decays_from_log_one_minus(theta["log_one_minus_adafactor_decays"], max_decay))
 
 
-def adafactor_features(state: AdafactorLOptState, grads: PyTree, params: PyTree,
-                       decays: Decays, cfg: AdafactorLOptConfig):
+def adafactor_features(state: AdafactorMLPState, grads: PyTree, params: PyTree,
+                       decays: Decays, cfg: AdafactorMLPConfig):
     """Return ``(inputs, new_state)``: per-tensor inputs ``p.shape + (num_inputs without DMD,)``
     (channels in the module docstring) and the state with every accumulator updated and
     ``iteration`` advanced; ``dmd`` is left as it was."""
@@ -199,30 +189,29 @@ def adafactor_features(state: AdafactorLOptState, grads: PyTree, params: PyTree,
                              jax.lax.rsqrt(r_b + ROW_COL_EPS), jax.lax.rsqrt(c_b + ROW_COL_EPS),
                              fm)
         x = F.second_moment_normalize(x, cfg.norm_eps)
-        return F.broadcast_global(x, tfeat), (m, v, r, c, fm)
+        return F.broadcast_global(x, tfeat), m, v, r, c, fm
 
     out = jax.tree.map(one, state.momenta, state.rms, state.row, state.col, state.fac_momenta,
                        grads, params)
-    pick = lambda i: jax.tree.map(lambda _, o: o[1][i], params, out)  # noqa: E731
-    inputs = jax.tree.map(lambda _, o: o[0], params, out)
-    new_state = AdafactorLOptState(pick(0), pick(1), pick(2), pick(3), pick(4),
-                                   state.iteration + 1, state.dmd)
+    inputs, m, v, r, c, fm = F.unzip(params, out, 6)
+    new_state = state._replace(momenta=m, rms=v, row=r, col=c, fac_momenta=fm,
+                               iteration=state.iteration + 1)
     return inputs, new_state
 
 
 @register
-class AdafactorLOpt(LearnedOptimizer):
+class AdafactorMLP(PerParameterMLP):
     """Adafactor-MLP learned optimizer (architecture ``"adafactor_mlp"``)."""
 
     architecture = "adafactor_mlp"
-    Config = AdafactorLOptConfig
+    Config = AdafactorMLPConfig
+    State = AdafactorMLPState
     needs_key = False
 
     def init(self, key: jax.Array) -> dict:
         cfg = self.config
-        sizes = (cfg.num_inputs, *cfg.hidden_sizes, 2)
         return {
-            "mlp": init_mlp(key, sizes, cfg.output_init_scale),
+            "mlp": init_step_mlp(key, cfg.num_inputs, cfg.hidden_sizes, cfg.output_init_scale),
             "log_one_minus_momentum_decays": jnp.asarray(F.log_one_minus(cfg.momentum_decays)),
             "log_one_minus_rms_decay": jnp.asarray(F.log_one_minus([cfg.rms_decay])),
             "log_one_minus_adafactor_decays": jnp.asarray(F.log_one_minus(cfg.adafactor_decays)),
@@ -232,38 +221,19 @@ class AdafactorLOpt(LearnedOptimizer):
         """The decays theta encodes (see :func:`decays_from_theta`)."""
         return decays_from_theta(theta, self.config.max_decay)
 
-    def opt_init(self, theta, params, num_steps=None) -> AdafactorLOptState:
+    def init_slots(self, theta, params) -> dict:
         k = self.config.num_decays
-        zeros = lambda n: jax.tree.map(  # noqa: E731
-            lambda p: jnp.zeros(jnp.shape(p) + (n,), jnp.float32), params)
-        rc = jax.tree.map(lambda p: F.init_factored_accumulators(p, k), params)
-        row = jax.tree.map(lambda _, x: x[0], params, rc)
-        col = jax.tree.map(lambda _, x: x[1], params, rc)
-        dmd_state = dmd.init(params, self.config.dmd_window) if self.config.dmd_window else None
-        return AdafactorLOptState(zeros(k), zeros(1), row, col, zeros(k),
-                                  jnp.zeros((), jnp.int32), dmd_state)
+        row, col = F.unzip(params, jax.tree.map(lambda p: F.init_factored_accumulators(p, k),
+                                                params), 2)
+        return {"momenta": jax.tree.map(lambda p: F.init_accumulators(p, k), params),
+                "rms": jax.tree.map(lambda p: F.init_accumulators(p, 1), params),
+                "row": row, "col": col,
+                "fac_momenta": jax.tree.map(lambda p: F.init_accumulators(p, k), params)}
 
-    def features(self, theta, state: AdafactorLOptState, grads, params):
+    def features(self, theta, state: AdafactorMLPState, grads, params, loss):
         """``(inputs, new_state)`` for this step without DMD; see :func:`adafactor_features`."""
         return adafactor_features(state, grads, params, self.decays(theta), self.config)
 
-    def network(self, theta, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Apply the MLP to one tensor's inputs; returns ``(d, m)`` shaped like the tensor."""
-        out = apply_mlp(theta["mlp"], inputs)
-        return out[..., 0], out[..., 1]
 
-    def step(self, theta, inputs: jax.Array) -> jax.Array:
-        """``step_mult * d * exp(exp_mult * m)`` for one tensor (subtracted from p)."""
-        d, m = self.network(theta, inputs)
-        return self.config.step_mult * d * jnp.exp(self.config.exp_mult * m)
-
-    def opt_update(self, theta, state, grads, params, loss=None, key=None):
-        inputs, new_state = self.features(theta, state, grads, params)
-        if self.config.dmd_window:
-            dmd_state = dmd.push(state.dmd, grads)
-            extra = dmd.features(dmd_state, self.config.dmd_rank)
-            inputs = jax.tree.map(lambda x, f: jnp.concatenate([x, f], axis=-1), inputs, extra)
-            new_state = new_state._replace(dmd=dmd_state)
-        new_params = jax.tree.map(
-            lambda p, x: (p - self.step(theta, x)).astype(jnp.result_type(p)), params, inputs)
-        return new_params, new_state
+__all__ = ["AdafactorMLP", "AdafactorMLPConfig", "AdafactorMLPState", "Decays",
+           "decays_from_theta", "adafactor_features"]

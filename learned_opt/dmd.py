@@ -1,7 +1,8 @@
 """Dynamic-mode-decomposition (DMD) features of the optimisation dynamics.
 
 Any architecture switches these on with ``dmd_window > 0`` in its config; they are
-appended to its per-parameter network inputs.
+appended to its per-parameter network inputs (the state is created, pushed and its
+features appended once, by ``learned_opt.base.LearnedOptimizer``).
 
 **Snapshots.** For every tensor we keep the last ``m = window`` gradients
 ``z_1..z_m`` (flattened, ``z_m`` the newest). Gradients are the natural state of
@@ -47,15 +48,14 @@ product and two ``n x m`` matrix-vector products per tensor, plus an m x m
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import types
+from typing import Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from chex import ArrayTree as PyTree
 
-from learned_opt.base import LearnedOptError
-
-PyTree = Any
 SVD_TOL = 1e-3        # singular values below SVD_TOL * s_1 are treated as zero
 _TINY = 1e-30
 _HI = jax.lax.Precision.HIGHEST
@@ -69,19 +69,26 @@ class DMDState(NamedTuple):
     count: jax.Array
 
 
-def validate(window: int, rank: int) -> None:
-    """Raise LearnedOptError unless ``window == 0`` (off) or ``3 <= window`` and ``1 <= rank < window``."""
-    if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 0:
-        raise LearnedOptError(f"dmd_window must be an integer >= 0 (0 = off), got {window!r}")
-    if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or rank < 1:
-        raise LearnedOptError(f"dmd_rank must be a positive integer, got {rank!r}")
+def checks(window: int, rank: int) -> Iterator[tuple[str, bool, str]]:
+    """The rules for the config fields ``dmd_window`` and ``dmd_rank`` as ``(field, ok,
+    requirement)`` (see ``learned_opt.base.check_values``): ``window == 0`` (off) or
+    ``3 <= window``, and ``1 <= rank < window``."""
+    def integer(x):
+        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+    yield "dmd_window", integer(window) and window >= 0, "an integer >= 0 (0 = off)"
+    yield "dmd_rank", integer(rank) and rank >= 1, "a positive integer"
     if window == 0:
         return
-    if window < 3:
-        raise LearnedOptError(f"dmd_window must be 0 (off) or >= 3 snapshots, got {window}")
-    if rank > window - 1:
-        raise LearnedOptError(f"dmd_rank ({rank}) must be <= dmd_window - 1 ({window - 1}): "
-                              "a window of m snapshots has m - 1 snapshot pairs")
+    yield "dmd_window", window >= 3, "0 (off) or >= 3 snapshots"
+    yield ("dmd_rank", rank <= window - 1,
+           f"<= dmd_window - 1 = {window - 1} (a window of m snapshots has m - 1 snapshot pairs)")
+
+
+def validate(window: int, rank: int) -> None:
+    """Raise LearnedOptError unless ``window == 0`` (off) or ``3 <= window`` and ``1 <= rank < window``."""
+    from learned_opt.base import check_values  # base imports this module
+    check_values(types.SimpleNamespace(dmd_window=window, dmd_rank=rank), checks(window, rank))
 
 
 def num_features(rank: int) -> int:
@@ -164,5 +171,5 @@ def features(state: DMDState, rank: int) -> PyTree:
     return jax.tree.map(lambda s: tensor_features(s, state.count, rank), state.snapshots)
 
 
-__all__ = ["DMDState", "TensorDMD", "validate", "num_features", "init", "push", "features",
-           "tensor_dmd", "tensor_features", "SVD_TOL"]
+__all__ = ["DMDState", "TensorDMD", "checks", "validate", "num_features", "init", "push",
+           "features", "tensor_dmd", "tensor_features", "SVD_TOL"]

@@ -3,8 +3,9 @@
 Conventions: a *per-parameter* feature array of a tensor ``p`` has shape
 ``p.shape + (C,)`` (C feature channels on a trailing axis); accumulators for a
 vector of decays ``d`` (shape ``(K,)``) are stored the same way, ``p.shape + (K,)``.
-All functions work on one tensor; use ``jax.tree.map`` to apply them to a pytree.
-They contain no Python control flow on values, so they jit, vmap and grad.
+All functions work on one tensor (use ``jax.tree.map`` to apply them to a pytree) except
+:func:`lolv2_inputs`, the LOLv2 inputs of a whole pytree shared by the ``mlp`` and ``rnn_mlp``
+architectures. They contain no Python control flow on values, so they jit, vmap and grad.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from chex import ArrayTree as PyTree
 
 # LOLv2 defaults (Metz et al.): momentum decays and time-feature scales.
 DEFAULT_DECAYS: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
@@ -20,9 +22,10 @@ TIME_SCALES: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 30
                                   1e4, 3e4, 1e5)
 
 
-def init_accumulators(p: jax.Array, num: int) -> jax.Array:
-    """Zeros of shape ``p.shape + (num,)``: one accumulator per decay, per parameter."""
-    return jnp.zeros(jnp.shape(p) + (num,), jnp.result_type(p))
+def init_accumulators(p: jax.Array, num: int, dtype=jnp.float32) -> jax.Array:
+    """Zeros of shape ``p.shape + (num,)``: one accumulator per decay, per parameter
+    (float32 by default, also for low-precision parameters)."""
+    return jnp.zeros(jnp.shape(p) + (num,), dtype)
 
 
 def update_momenta(m: jax.Array, g: jax.Array, decays: Sequence[float] | jax.Array) -> jax.Array:
@@ -82,6 +85,38 @@ def broadcast_global(per_param: jax.Array, glob: jax.Array) -> jax.Array:
     shape = per_param.shape[:-1] + glob.shape
     return jnp.concatenate([per_param, jnp.broadcast_to(glob.astype(per_param.dtype), shape)],
                            axis=-1)
+
+
+def unzip(like: PyTree, tree: PyTree, n: int) -> tuple[PyTree, ...]:
+    """Split ``tree``, holding an ``n``-tuple at each leaf position of ``like`` (the result
+    of ``jax.tree.map`` with a function returning tuples), into ``n`` trees like ``like``."""
+    return tuple(jax.tree.map(lambda _, o: o[i], like, tree) for i in range(n))
+
+
+def lolv2_inputs(momenta: PyTree, iteration: jax.Array, grads: PyTree, params: PyTree,
+                 decays: Sequence[float], time_scales: Sequence[float],
+                 norm_eps: float) -> tuple[PyTree, PyTree]:
+    """LOLv2's per-parameter inputs (Metz et al.); returns ``(inputs, new_momenta)``.
+
+    Per tensor, with the momenta updated by this gradient first
+    (``m_k <- d_k m_k + (1 - d_k) g``) and t = ``iteration``::
+
+        x      = [g, p, m_1..m_K]
+        x_c   <- x_c * rsqrt(norm_eps + mean_tensor(x_c^2))   (per channel c)
+        inputs = [x, tanh(t/s - 1) for s in time_scales]       (2 + K + len(time_scales))
+
+    ``inputs`` leaves are ``p.shape + (2 + K + len(time_scales),)``, momenta ``p.shape + (K,)``.
+    """
+    tfeat = time_features(iteration, time_scales)
+
+    def one(m, g, p):
+        g = g.astype(jnp.float32)
+        m = update_momenta(m, g, decays)
+        x = stack_channels(g, p.astype(jnp.float32), m)
+        x = second_moment_normalize(x, norm_eps)
+        return broadcast_global(x, tfeat), m
+
+    return unzip(params, jax.tree.map(one, momenta, grads, params), 2)
 
 
 # ---------------------------------------------------------------------------

@@ -36,24 +36,25 @@ theta = ``{"lstm": {"layer_0": {"wx" (num_inputs, 4H), "wh" (H, 4H), "b" (4H,)},
 
 State: ``h``, ``c`` float32 ``(num_layers, N, hidden_size)`` in the flat coordinate
 order (``jax.tree.leaves(params)`` order, each leaf raveled C-style); ``iteration``
-int32; ``dmd``.
+int32; ``dmd``. In the shared step of ``learned_opt.base``, ``features`` gives the
+preprocessed gradients as rows ``(N, 2)``, the DMD channels are flattened into the same rows
+(``concat_inputs``) and ``apply`` runs the ``(N, num_inputs)`` rows through the network.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from chex import Array, ArrayTree as PyTree
 
-from learned_opt import dmd
-from learned_opt.base import LearnedOptError, LearnedOptimizer, register
-from learned_opt.nets import apply_lstm_cell, init_lstm
-
-PyTree = Any
+from learned_opt.base import LearnedOptimizer, LOptConfig, is_int, is_real, register
+from learned_opt.dmd import DMDState
+from learned_opt.nets import apply_linear, apply_lstm_cell, init_linear, init_lstm
 
 
 def preprocess_gradient(g: jax.Array, p: float = 10.0) -> jax.Array:
@@ -72,19 +73,19 @@ def preprocess_gradient(g: jax.Array, p: float = 10.0) -> jax.Array:
     return jnp.stack([first, second], axis=-1)
 
 
-class LSTMLOptState(NamedTuple):
+class LSTMState(NamedTuple):
     """``h``, ``c``: float32 ``(num_layers, N, hidden_size)``, N = total number of
     parameters (flat coordinate order, see module docstring); ``iteration``: int32
     scalar, updates taken; ``dmd``: a ``dmd.DMDState`` when DMD features are on, else None."""
 
-    h: jax.Array
-    c: jax.Array
-    iteration: jax.Array
-    dmd: Any = None
+    h: Array
+    c: Array
+    iteration: Array
+    dmd: DMDState | None = None
 
 
 @dataclasses.dataclass(frozen=True)
-class LSTMLOptConfig:
+class LSTMConfig(LOptConfig):
     hidden_size: int = 20
     num_layers: int = 2
     preprocess_p: float = 10.0
@@ -94,48 +95,30 @@ class LSTMLOptConfig:
     dmd_window: int = 0              # gradient snapshots for DMD features (0 = off)
     dmd_rank: int = 3
 
-    def __post_init__(self):
-        def pos_int(x):
-            return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 1
-
-        def real(x):
-            number = isinstance(x, (int, float, np.integer, np.floating))
-            return number and not isinstance(x, bool) and math.isfinite(x)
-
-        if not pos_int(self.hidden_size):
-            raise LearnedOptError(f"hidden_size must be a positive int, got {self.hidden_size!r}")
-        if not pos_int(self.num_layers):
-            raise LearnedOptError(f"num_layers must be a positive int, got {self.num_layers!r}")
-        if not real(self.preprocess_p) or not 0 < self.preprocess_p <= 80:
-            raise LearnedOptError(
-                f"preprocess_p must be a number in (0, 80] (e^p must fit in float32), "
-                f"got {self.preprocess_p!r}")
-        if not real(self.output_scale) or not self.output_scale > 0:
-            raise LearnedOptError(
-                f"output_scale must be a positive number, got {self.output_scale!r}")
-        if not real(self.output_init_scale) or not self.output_init_scale >= 0:
-            raise LearnedOptError(
-                f"output_init_scale must be a number >= 0, got {self.output_init_scale!r}")
-        if not real(self.forget_bias):
-            raise LearnedOptError(f"forget_bias must be a finite number, got {self.forget_bias!r}")
-        dmd.validate(self.dmd_window, self.dmd_rank)
+    def checks(self):
+        yield "hidden_size", is_int(self.hidden_size), "a positive int"
+        yield "num_layers", is_int(self.num_layers), "a positive int"
+        yield ("preprocess_p", is_real(self.preprocess_p) and 0 < self.preprocess_p <= 80,
+               "a number in (0, 80] (e^p must fit in float32)")
+        yield ("output_scale", is_real(self.output_scale) and self.output_scale > 0,
+               "a positive number")
+        yield ("output_init_scale", is_real(self.output_init_scale) and self.output_init_scale >= 0,
+               "a number >= 0")
+        yield "forget_bias", is_real(self.forget_bias), "a finite number"
+        yield from super().checks()
 
     @property
     def num_inputs(self) -> int:
-        n_dmd = dmd.num_features(self.dmd_rank) if self.dmd_window else 0
-        return 2 + n_dmd
+        return 2 + self.num_dmd_inputs
 
 
 @functools.partial(jax.jit, static_argnums=0)   # one compiled call, not many eager ops
-def _init_theta(cfg: LSTMLOptConfig, key: jax.Array) -> dict:
+def _init_theta(cfg: LSTMConfig, key: jax.Array) -> dict:
     keys = jax.random.split(key, cfg.num_layers + 1)
     H = cfg.hidden_size
     lstm = {f"layer_{l}": init_lstm(keys[l], cfg.num_inputs if l == 0 else H, H, cfg.forget_bias)
             for l in range(cfg.num_layers)}
-    head = {"w": cfg.output_init_scale / math.sqrt(H)
-            * jax.random.normal(keys[-1], (H, 1), jnp.float32),
-            "b": jnp.zeros((1,), jnp.float32)}
-    return {"lstm": lstm, "head": head}
+    return {"lstm": lstm, "head": init_linear(keys[-1], H, 1, cfg.output_init_scale)}
 
 
 def _num_coordinates(params: PyTree) -> int:
@@ -160,31 +143,30 @@ def _unflatten(flat: jax.Array, like: PyTree) -> PyTree:
 
 
 @register
-class LSTMLOpt(LearnedOptimizer):
+class LSTM(LearnedOptimizer):
     """Coordinatewise LSTM learned optimizer (architecture ``"lstm"``)."""
 
     architecture = "lstm"
-    Config = LSTMLOptConfig
+    Config = LSTMConfig
+    State = LSTMState
     needs_key = False
 
     def init(self, key: jax.Array) -> dict:
         return _init_theta(self.config, key)
 
-    def opt_init(self, theta, params, num_steps=None) -> LSTMLOptState:
+    def init_slots(self, theta, params) -> dict:
         cfg = self.config
         zeros = jnp.zeros((cfg.num_layers, _num_coordinates(params), cfg.hidden_size), jnp.float32)
-        dmd_state = dmd.init(params, cfg.dmd_window) if cfg.dmd_window else None
-        return LSTMLOptState(zeros, zeros, jnp.zeros((), jnp.int32), dmd_state)
+        return {"h": zeros, "c": zeros}
 
-    def inputs(self, grads, dmd_state=None) -> jax.Array:
-        """The flat ``(N, num_inputs)`` network inputs: preprocessed gradients, then DMD
-        features of ``dmd_state`` (already pushed) when DMD is on."""
-        x = preprocess_gradient(_flatten(grads), self.config.preprocess_p)
-        if self.config.dmd_window:
-            extra = dmd.features(dmd_state, self.config.dmd_rank)
-            x = jnp.concatenate([x, _flatten(extra, dmd.num_features(self.config.dmd_rank))],
-                                axis=-1)
-        return x
+    def features(self, theta, state: LSTMState, grads, params, loss):
+        """``(inputs, new_state)``: the preprocessed gradients of all coordinates as rows
+        ``(N, 2)`` (flat coordinate order)."""
+        return preprocess_gradient(_flatten(grads), self.config.preprocess_p), self.advance(state)
+
+    def concat_inputs(self, inputs: jax.Array, extra: PyTree) -> jax.Array:
+        """Rows ``(N, C)``: the per-tensor channels ``extra`` are flattened into rows too."""
+        return jnp.concatenate([inputs, _flatten(extra, self.config.num_dmd_inputs)], axis=-1)
 
     def network(self, theta, x: jax.Array, h: jax.Array, c: jax.Array):
         """One batched step of the stacked LSTM and the head on rows ``x (N, num_inputs)``;
@@ -194,20 +176,14 @@ class LSTMLOpt(LearnedOptimizer):
             x, cl = apply_lstm_cell(theta["lstm"][f"layer_{l}"], x, h[l], c[l])
             hs.append(x)
             cs.append(cl)
-        out = x @ theta["head"]["w"] + theta["head"]["b"]
+        out = apply_linear(theta["head"], x)
         return out[:, 0], jnp.stack(hs), jnp.stack(cs)
 
-    def opt_update(self, theta, state, grads, params, loss=None, key=None):
-        cfg = self.config
-        dmd_state = dmd.push(state.dmd, grads) if cfg.dmd_window else state.dmd
-        if _num_coordinates(params) == 0:
-            return params, LSTMLOptState(state.h, state.c, state.iteration + 1, dmd_state)
-        x = self.inputs(grads, dmd_state)
-        out, h, c = self.network(theta, x, state.h, state.c)
-        steps = _unflatten(cfg.output_scale * out, params)
-        new_params = jax.tree.map(
-            lambda p, s: (p - s).astype(jnp.result_type(p)), params, steps)
-        return new_params, LSTMLOptState(h, c, state.iteration + 1, dmd_state)
+    def apply(self, theta, state: LSTMState, inputs: jax.Array, params):
+        """All coordinates as rows ``inputs (N, num_inputs)`` of one batch:
+        ``steps = output_scale * out``, split back into the tensors of ``params``."""
+        out, h, c = self.network(theta, inputs, state.h, state.c)
+        return _unflatten(self.config.output_scale * out, params), state._replace(h=h, c=c)
 
 
-__all__ = ["LSTMLOpt", "LSTMLOptConfig", "LSTMLOptState", "preprocess_gradient"]
+__all__ = ["LSTM", "LSTMConfig", "LSTMState", "preprocess_gradient"]

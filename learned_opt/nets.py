@@ -3,10 +3,15 @@
 An MLP's parameters are ``{"linear_0": {"w", "b"}, ..., "linear_L": {"w", "b"}}``;
 ``apply_mlp`` maps an input of shape ``(..., n_in)`` to ``(..., n_out)`` with ReLU
 between layers, so one call handles every parameter of a tensor at once.
+
+The per-parameter architectures share LOLv2's step network and rule: an MLP with two
+outputs ``(d, m)`` and ``p <- p - step_mult * s * d * exp(exp_mult * m)``
+(:func:`init_step_mlp`, :func:`apply_step_mlp`, :func:`lolv2_step`).
 """
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -75,3 +80,36 @@ def apply_lstm_cell(params: dict, x: jax.Array, h: jax.Array,
     c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
     h = jax.nn.sigmoid(zo) * jnp.tanh(c)
     return h, c
+
+
+# ---------------------------------------------------------------------------- heads
+def init_linear(key: jax.Array, n_in: int, n_out: int, scale: float) -> dict:
+    """A linear head ``{"w" (n_in, n_out), "b" (n_out,)}``: ``w ~ N(0, scale^2 / n_in)``,
+    ``b = 0``."""
+    return {"w": scale / math.sqrt(n_in) * jax.random.normal(key, (n_in, n_out), jnp.float32),
+            "b": jnp.zeros((n_out,), jnp.float32)}
+
+
+def apply_linear(params: dict, x: jax.Array) -> jax.Array:
+    """``x w + b`` on the trailing axis."""
+    return x @ params["w"] + params["b"]
+
+
+# ------------------------------------------------- the LOLv2 step network and step rule
+def init_step_mlp(key: jax.Array, num_inputs: int, hidden_sizes: Sequence[int],
+                  output_scale: float) -> dict:
+    """The per-parameter step MLP ``num_inputs -> hidden_sizes -> 2`` (outputs d, m)."""
+    return init_mlp(key, (num_inputs, *hidden_sizes, 2), output_scale)
+
+
+def apply_step_mlp(params: dict, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(d, m)``, each shaped like ``x`` without its trailing (input) axis."""
+    out = apply_mlp(params, x)
+    return out[..., 0], out[..., 1]
+
+
+def lolv2_step(d: jax.Array, m: jax.Array, step_mult: float, exp_mult: float,
+               scale: jax.Array | None = None) -> jax.Array:
+    """LOLv2's step ``step_mult [* scale] * d * exp(exp_mult * m)`` (subtracted from p)."""
+    mult = step_mult if scale is None else step_mult * scale
+    return mult * d * jnp.exp(exp_mult * m)

@@ -40,7 +40,7 @@ step's LSTM hidden outputs (zero at the first step). With ``H = lstm_hidden``:
 ``b`` starts with ``forget_bias`` (1.0) on the forget slice; ``w_s, b_s`` start at 0
 (``lr_init_scale = 0``), so an untrained optimizer has ``s_j = 1`` exactly.
 
-**Per-parameter branch.** The LOLv2 inputs of ``mlp_lopt.lolv2_features`` (g, p and the
+**Per-parameter branch.** The LOLv2 inputs of ``features.lolv2_inputs`` (g, p and the
 K momenta normalised per tensor by ``x * rsqrt(norm_eps + mean(x^2))``, then the 11 time
 features: 19 channels), then the tensor's context ``ctx_j`` broadcast to each of its
 parameters, then (``dmd_window > 0``) the ``learned_opt.dmd`` features
@@ -54,58 +54,59 @@ untrained optimizer's steps are about ``step_mult * output_init_scale`` per para
 
 theta = ``{"lstm": {"wx" (num_stats + H, 4H), "wh" (H, 4H), "b" (4H,)},
 "context_head": {"w" (H, C), "b" (C,)}, "lr_head": {"w" (H, 1), "b" (1,)},
-"mlp": {"linear_0": ..., ...}}``. The optimizer uses no randomness.
+"mlp": {"linear_0": ..., ...}}``. The optimizer uses no randomness. In the shared step of
+``learned_opt.base``, ``features`` runs the per-tensor branch (its LSTM state is part of the
+feature state) and returns the per-parameter inputs with the context appended; ``s_j`` is the
+per-tensor step multiplier (``step_scales``) of the LOLv2 step.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from chex import Array, ArrayTree as PyTree
 
-from learned_opt import dmd
 from learned_opt import features as F
-from learned_opt.base import LearnedOptError, LearnedOptimizer, register
-from learned_opt.mlp_lopt import lolv2_features
-from learned_opt.nets import apply_lstm_cell, apply_mlp, init_lstm, init_mlp
-
-PyTree = Any
+from learned_opt.base import LOptConfig, PerParameterMLP, are_ints, is_int, register
+from learned_opt.dmd import DMDState
+from learned_opt.nets import apply_linear, apply_lstm_cell, init_linear, init_lstm, init_step_mlp
 
 NUM_NDIM_SLOTS = 4   # one-hot [ndim == 0, 1, 2, >= 3]
 
 
-class LSTMState(NamedTuple):
+class TensorLSTMState(NamedTuple):
     """Hidden and cell states, one row per tensor: ``h``, ``c`` float32 ``(T, lstm_hidden)``."""
 
-    h: jax.Array
-    c: jax.Array
+    h: Array
+    c: Array
 
 
 class LossStats(NamedTuple):
     """``log_loss0``: l_0, the log loss at the first step; ``log_loss_ema``: e_t, the EMA
     of the log loss including the latest step (float32 scalars, 0 before the first step)."""
 
-    log_loss0: jax.Array
-    log_loss_ema: jax.Array
+    log_loss0: Array
+    log_loss_ema: Array
 
 
-class HybridLOptState(NamedTuple):
+class RNNMLPState(NamedTuple):
     """``momenta``: like params, leaves ``p.shape + (K,)``; ``iteration``: int32 updates taken;
-    ``lstm_state``: :class:`LSTMState`; ``loss_stats``: :class:`LossStats`;
+    ``lstm_state``: :class:`TensorLSTMState`; ``loss_stats``: :class:`LossStats`;
     ``dmd``: a ``dmd.DMDState`` when DMD features are on, else None."""
 
     momenta: PyTree
-    iteration: jax.Array
-    lstm_state: LSTMState
+    iteration: Array
+    lstm_state: TensorLSTMState
     loss_stats: LossStats
-    dmd: Any = None
+    dmd: DMDState | None = None
 
 
 @dataclasses.dataclass(frozen=True)
-class HybridLOptConfig:
+class RNNMLPConfig(LOptConfig):
     hidden_sizes: tuple[int, ...] = (32, 32)   # per-parameter MLP
     lstm_hidden: int = 32
     context_dim: int = 8
@@ -126,29 +127,18 @@ class HybridLOptConfig:
     dmd_window: int = 0               # gradient snapshots for DMD features (0 = off)
     dmd_rank: int = 3
 
-    def __post_init__(self):
-        def pos_int(x):
-            return isinstance(x, int) and not isinstance(x, bool) and x >= 1
-
-        if not self.hidden_sizes or not all(pos_int(h) for h in self.hidden_sizes):
-            raise LearnedOptError(f"hidden_sizes must be positive ints, got {self.hidden_sizes}")
-        if not pos_int(self.lstm_hidden):
-            raise LearnedOptError(f"lstm_hidden must be a positive int, got {self.lstm_hidden!r}")
-        if not pos_int(self.context_dim):
-            raise LearnedOptError(f"context_dim must be a positive int, got {self.context_dim!r}")
-        if any(not 0.0 <= d < 1.0 for d in self.decays):
-            raise LearnedOptError(f"decays must lie in [0, 1), got {self.decays}")
-        if any(s <= 0 for s in self.time_scales):
-            raise LearnedOptError(f"time_scales must be positive, got {self.time_scales}")
-        if not 0.0 <= self.loss_ema_decay < 1.0:
-            raise LearnedOptError(f"loss_ema_decay must lie in [0, 1), got {self.loss_ema_decay}")
+    def checks(self):
+        yield "hidden_sizes", are_ints(self.hidden_sizes), "a non-empty tuple of positive ints"
+        yield "lstm_hidden", is_int(self.lstm_hidden), "a positive int"
+        yield "context_dim", is_int(self.context_dim), "a positive int"
+        yield "decays", all(0.0 <= d < 1.0 for d in self.decays), "values in [0, 1)"
+        yield "time_scales", all(s > 0 for s in self.time_scales), "positive"
+        yield "loss_ema_decay", 0.0 <= self.loss_ema_decay < 1.0, "in [0, 1)"
         for name in ("loss_clip", "stat_eps", "stat_scale", "norm_eps"):
-            if not getattr(self, name) > 0:
-                raise LearnedOptError(f"{name} must be positive, got {getattr(self, name)}")
+            yield name, getattr(self, name) > 0, "positive"
         for name in ("output_init_scale", "context_init_scale", "lr_init_scale"):
-            if not getattr(self, name) >= 0:
-                raise LearnedOptError(f"{name} must be >= 0, got {getattr(self, name)}")
-        dmd.validate(self.dmd_window, self.dmd_rank)
+            yield name, getattr(self, name) >= 0, ">= 0"
+        yield from super().checks()
 
     @property
     def num_stats(self) -> int:
@@ -162,12 +152,11 @@ class HybridLOptConfig:
     @property
     def num_inputs(self) -> int:
         """Width of the per-parameter MLP input."""
-        n_dmd = dmd.num_features(self.dmd_rank) if self.dmd_window else 0
-        return 2 + len(self.decays) + len(self.time_scales) + self.context_dim + n_dmd
+        return 2 + len(self.decays) + len(self.time_scales) + self.context_dim + self.num_dmd_inputs
 
 
 # ------------------------------------------------------------------ tensor statistics
-def tensor_statistics(g: jax.Array, p: jax.Array, m: jax.Array, cfg: HybridLOptConfig) -> jax.Array:
+def tensor_statistics(g: jax.Array, p: jax.Array, m: jax.Array, cfg: RNNMLPConfig) -> jax.Array:
     """The loss- and time-independent part of one tensor's statistics: ``(K + 8,)`` float32.
 
     ``m`` are the already-updated momenta ``g.shape + (K,)``; see the module docstring.
@@ -192,7 +181,7 @@ def tensor_statistics(g: jax.Array, p: jax.Array, m: jax.Array, cfg: HybridLOptC
 
 
 def loss_statistics(loss: jax.Array, iteration: jax.Array, stats: LossStats,
-                    cfg: HybridLOptConfig) -> tuple[jax.Array, LossStats]:
+                    cfg: RNNMLPConfig) -> tuple[jax.Array, LossStats]:
     """``(features (2,), new LossStats)``: scaled, clipped ``l_t - l_0`` and ``l_t - e_{t-1}``."""
     ell = jnp.log(jnp.maximum(jnp.asarray(loss, jnp.float32), cfg.stat_eps))
     first = iteration == 0
@@ -205,51 +194,45 @@ def loss_statistics(loss: jax.Array, iteration: jax.Array, stats: LossStats,
     return feats, LossStats(l0, new_ema)
 
 
-# ------------------------------------------------------------------ the LSTM
-def _init_head(key, n_in: int, n_out: int, scale: float) -> dict:
-    return {"w": scale / math.sqrt(n_in) * jax.random.normal(key, (n_in, n_out), jnp.float32),
-            "b": jnp.zeros((n_out,), jnp.float32)}
-
-
+# ------------------------------------------------------------------ the optimizer
 @functools.partial(jax.jit, static_argnums=0)   # one compiled call, not many eager ops
-def _init_theta(cfg: HybridLOptConfig, key: jax.Array) -> dict:
+def _init_theta(cfg: RNNMLPConfig, key: jax.Array) -> dict:
     k_lstm, k_ctx, k_lr, k_mlp = jax.random.split(key, 4)
     H = cfg.lstm_hidden
     return {
         "lstm": init_lstm(k_lstm, cfg.num_lstm_inputs, H, cfg.forget_bias),
-        "context_head": _init_head(k_ctx, H, cfg.context_dim, cfg.context_init_scale),
-        "lr_head": _init_head(k_lr, H, 1, cfg.lr_init_scale),
-        "mlp": init_mlp(k_mlp, (cfg.num_inputs, *cfg.hidden_sizes, 2), cfg.output_init_scale),
+        "context_head": init_linear(k_ctx, H, cfg.context_dim, cfg.context_init_scale),
+        "lr_head": init_linear(k_lr, H, 1, cfg.lr_init_scale),
+        "mlp": init_step_mlp(k_mlp, cfg.num_inputs, cfg.hidden_sizes, cfg.output_init_scale),
     }
 
 
 @register
-class HybridLOpt(LearnedOptimizer):
+class RNNMLP(PerParameterMLP):
     """Per-tensor LSTM + per-parameter MLP learned optimizer (architecture ``"rnn_mlp"``)."""
 
     architecture = "rnn_mlp"
-    Config = HybridLOptConfig
+    Config = RNNMLPConfig
+    State = RNNMLPState
     needs_key = False
 
     def init(self, key: jax.Array) -> dict:
         return _init_theta(self.config, key)
 
-    def opt_init(self, theta, params, num_steps=None) -> HybridLOptState:
+    def init_slots(self, theta, params) -> dict:
         cfg = self.config
         k = len(cfg.decays)
-        momenta = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p) + (k,), jnp.float32), params)
-        T = len(jax.tree.leaves(params))
-        zeros = jnp.zeros((T, cfg.lstm_hidden), jnp.float32)
-        loss_stats = LossStats(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        dmd_state = dmd.init(params, cfg.dmd_window) if cfg.dmd_window else None
-        return HybridLOptState(momenta, jnp.zeros((), jnp.int32), LSTMState(zeros, zeros),
-                               loss_stats, dmd_state)
+        zeros = jnp.zeros((len(jax.tree.leaves(params)), cfg.lstm_hidden), jnp.float32)
+        return {"momenta": jax.tree.map(lambda p: F.init_accumulators(p, k), params),
+                "lstm_state": TensorLSTMState(zeros, zeros),
+                "loss_stats": LossStats(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))}
 
     # -- pieces, public so tests and users can inspect them
-    def statistics(self, state: HybridLOptState, grads, params, loss):
+    def statistics(self, state: RNNMLPState, grads, params, loss):
         """``(S (T, num_stats), lolv2 inputs pytree, new momenta, new LossStats)`` for this step."""
         cfg = self.config
-        inputs, momenta = lolv2_features(state.momenta, state.iteration, grads, params, cfg)
+        inputs, momenta = F.lolv2_inputs(state.momenta, state.iteration, grads, params,
+                                         cfg.decays, cfg.time_scales, cfg.norm_eps)
         loss_feats, loss_stats = loss_statistics(loss, state.iteration, state.loss_stats, cfg)
         glob = jnp.concatenate([loss_feats, F.time_features(state.iteration, cfg.time_scales)])
         rows = [jnp.concatenate([tensor_statistics(g, p, m, cfg), glob])
@@ -257,51 +240,39 @@ class HybridLOpt(LearnedOptimizer):
                                    jax.tree.leaves(momenta))]
         return jnp.stack(rows), inputs, momenta, loss_stats
 
-    def lstm_inputs(self, stats: jax.Array, lstm_state: LSTMState) -> jax.Array:
+    def lstm_inputs(self, stats: jax.Array, lstm_state: TensorLSTMState) -> jax.Array:
         """``[S_j, mean_i h_{t-1,i}]`` for every tensor j: ``(T, num_lstm_inputs)``."""
         hbar = jnp.mean(lstm_state.h, axis=0, keepdims=True)
         return jnp.concatenate([stats, jnp.broadcast_to(hbar, (stats.shape[0], hbar.shape[1]))],
                                axis=-1)
 
-    def tensor_net(self, theta, stats: jax.Array, lstm_state: LSTMState):
-        """One batched LSTM step for all tensors: ``(new LSTMState, context (T, C), s (T,))``."""
-        new = LSTMState(*apply_lstm_cell(theta["lstm"], self.lstm_inputs(stats, lstm_state),
-                                          lstm_state.h, lstm_state.c))
-        ctx = new.h @ theta["context_head"]["w"] + theta["context_head"]["b"]
-        log_s = (new.h @ theta["lr_head"]["w"] + theta["lr_head"]["b"])[:, 0]
-        return new, ctx, jnp.exp(self.config.lr_mult * log_s)
+    def lr_multiplier(self, theta, h: jax.Array) -> jax.Array:
+        """``s_j = exp(lr_mult * (h_j w_s + b_s))`` for hidden states ``h (T, H)``: ``(T,)``."""
+        return jnp.exp(self.config.lr_mult * apply_linear(theta["lr_head"], h)[:, 0])
 
-    def network(self, theta, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """The per-parameter MLP on one tensor's full inputs; ``(d, m)`` shaped like the tensor."""
-        out = apply_mlp(theta["mlp"], inputs)
-        return out[..., 0], out[..., 1]
+    def tensor_net(self, theta, stats: jax.Array, lstm_state: TensorLSTMState):
+        """One batched LSTM step for all tensors:
+        ``(new TensorLSTMState, context (T, C), s (T,))``."""
+        new = TensorLSTMState(*apply_lstm_cell(theta["lstm"], self.lstm_inputs(stats, lstm_state),
+                                               lstm_state.h, lstm_state.c))
+        ctx = apply_linear(theta["context_head"], new.h)
+        return new, ctx, self.lr_multiplier(theta, new.h)
 
-    def step(self, theta, inputs: jax.Array, s: jax.Array) -> jax.Array:
-        """``step_mult * s * d * exp(exp_mult * m)`` for one tensor (subtracted from p)."""
-        d, m = self.network(theta, inputs)
-        return self.config.step_mult * s * d * jnp.exp(self.config.exp_mult * m)
-
-    def opt_update(self, theta, state, grads, params, loss=None, key=None):
-        cfg = self.config
-        loss = jnp.zeros((), jnp.float32) if loss is None else loss
-        leaves, treedef = jax.tree.flatten(params)
-        if not leaves:
-            return params, state._replace(iteration=state.iteration + 1)
+    # -- the hooks of the shared step
+    def features(self, theta, state: RNNMLPState, grads, params, loss):
+        """``(inputs, new_state)``: per tensor j the LOLv2 inputs with ``ctx_j`` appended; the
+        state with new momenta, per-tensor LSTM state and loss statistics."""
         stats, inputs, momenta, loss_stats = self.statistics(state, grads, params, loss)
-        lstm_state, ctx, s = self.tensor_net(theta, stats, state.lstm_state)
-        in_leaves = jax.tree.leaves(inputs)
-        full = [F.broadcast_global(x, ctx[j]) for j, x in enumerate(in_leaves)]
-        dmd_state = state.dmd
-        if cfg.dmd_window:
-            dmd_state = dmd.push(state.dmd, grads)
-            extra = jax.tree.leaves(dmd.features(dmd_state, cfg.dmd_rank))
-            full = [jnp.concatenate([x, f], axis=-1) for x, f in zip(full, extra)]
-        new_leaves = [(p - self.step(theta, x, s[j])).astype(jnp.result_type(p))
-                      for j, (p, x) in enumerate(zip(leaves, full))]
-        new_params = jax.tree.unflatten(treedef, new_leaves)
-        return new_params, HybridLOptState(momenta, state.iteration + 1, lstm_state, loss_stats,
-                                           dmd_state)
+        lstm_state, ctx, _ = self.tensor_net(theta, stats, state.lstm_state)
+        leaves, treedef = jax.tree.flatten(inputs)
+        full = [F.broadcast_global(x, ctx[j]) for j, x in enumerate(leaves)]
+        return jax.tree.unflatten(treedef, full), self.advance(
+            state, momenta=momenta, lstm_state=lstm_state, loss_stats=loss_stats)
+
+    def step_scales(self, theta, state: RNNMLPState) -> jax.Array:
+        """``s_j`` from the per-tensor LSTM's new hidden states."""
+        return self.lr_multiplier(theta, state.lstm_state.h)
 
 
-__all__ = ["HybridLOpt", "HybridLOptConfig", "HybridLOptState", "LSTMState", "LossStats",
+__all__ = ["RNNMLP", "RNNMLPConfig", "RNNMLPState", "TensorLSTMState", "LossStats",
            "tensor_statistics", "loss_statistics"]

@@ -1,20 +1,18 @@
-"""The Adafactor-MLP learned optimizer against an independent numpy implementation of its
-39 features and step, its meta-learned decays, optax adapter, vmap, DMD and meta-training."""
+"""The Adafactor-MLP learned optimizer ("adafactor_mlp") against an independent numpy
+implementation of its 39 features and step, and its meta-learned decays. The contract it shares
+with every architecture (optax, vmap, DMD, configs, checkpoints, meta-training, ...) is
+tests/test_architectures.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import learned_opt
-import learned_opt.adafactor_lopt  # noqa: F401  (registers "adafactor_mlp")
-from learned_opt.adafactor_lopt import AdafactorLOpt, AdafactorLOptConfig
-from meta_training_helper import quadratic_meta_training
+from learned_opt.adafactor_mlp import AdafactorMLP, AdafactorMLPConfig
+from oracles import G1 as _G1, G2 as _G2, KEY, P as _P, SCALES, np_mlp, take
 
-SCALES = np.array([1, 3, 10, 30, 100, 300, 1000, 3000, 1e4, 3e4, 1e5])
 DEFAULT = dict(dm=np.array([0.9, 0.99, 0.999]), dv=np.array([0.999]),
                df=np.array([0.9, 0.99, 0.999]))
-KEY = jax.random.PRNGKey(0)
 
 
 def _kernel(scale, shift):
@@ -22,24 +20,15 @@ def _kernel(scale, shift):
     return (scale * np.sin(1.3 * x + shift)).astype(np.float32)
 
 
-P = {"w": np.array([[0.5, -1.0, 0.3], [2.0, 0.25, -0.4]], np.float32),
-     "k": _kernel(0.8, 0.1),                       # 4-D conv kernel (H, W, in, out)
-     "b": np.array([0.1, -0.2], np.float32),
-     "s": np.array(3.0, np.float32)}
-G1 = {"w": np.array([[1.0, -2.0, 0.0], [0.5, 0.0, 3.0]], np.float32),
-      "k": _kernel(1.5, 0.7),
-      "b": np.array([-0.3, 0.6], np.float32),
-      "s": np.array(-2.0, np.float32)}
-G2 = {"w": np.array([[-0.5, 1.0, 0.7], [2.0, 1.0, -1.5]], np.float32),
-      "k": _kernel(0.4, 2.0),
-      "b": np.array([0.2, 0.4], np.float32),
-      "s": np.array(0.7, np.float32)}
+# the shared vector and scalar, a 2 x 3 matrix and a 4-D conv kernel (H, W, in, out)
+P = dict(_P, w=np.array([[0.5, -1.0, 0.3], [2.0, 0.25, -0.4]], np.float32), k=_kernel(0.8, 0.1))
+G1 = dict(_G1, w=np.array([[1.0, -2.0, 0.0], [0.5, 0.0, 3.0]], np.float32), k=_kernel(1.5, 0.7))
+G2 = dict(_G2, w=np.array([[-0.5, 1.0, 0.7], [2.0, 1.0, -1.5]], np.float32), k=_kernel(0.4, 2.0))
 
-LOPT = AdafactorLOpt()
+LOPT = AdafactorMLP()
 UPDATE = jax.jit(LOPT.opt_update)
 FEATURES = jax.jit(LOPT.features)
-LOPT1 = AdafactorLOpt(output_init_scale=1.0)   # untrained steps of O(step_mult): visible
-UPDATE1 = jax.jit(LOPT1.opt_update)
+LOPT1 = AdafactorMLP(output_init_scale=1.0)   # untrained steps of O(step_mult): visible
 
 
 def np_adafactor(gs, p, dm, dv, df):
@@ -88,21 +77,12 @@ def np_adafactor(gs, p, dm, dv, df):
     return np.concatenate([norm, tf], axis=-1), (m, v, r, c, fm)
 
 
-def np_mlp(theta, x):
-    layers = [theta["mlp"][f"linear_{i}"] for i in range(len(theta["mlp"]))]
-    for i, layer in enumerate(layers):
-        x = x @ np.asarray(layer["w"], np.float64) + np.asarray(layer["b"], np.float64)
-        if i < len(layers) - 1:
-            x = np.maximum(x, 0.0)
-    return x[..., 0], x[..., 1]
-
-
 def check_features(theta, decays):
     """One update with G1, then the features at G2 against numpy; returns the new state."""
     state = LOPT.opt_init(theta, P)
     _, state = UPDATE(theta, state, G1, P, jnp.float32(1.0), KEY)
     assert int(state.iteration) == 1
-    inputs, new_state = FEATURES(theta, state, G2, P)
+    inputs, new_state = FEATURES(theta, state, G2, P, jnp.float32(1.0))
     assert int(new_state.iteration) == 2
     for name in P:
         want, (m, v, r, c, fm) = np_adafactor([G1[name], G2[name]], P[name], **decays)
@@ -161,25 +141,18 @@ def test_decays_come_from_theta():
 
 
 def test_step_equals_numpy_mlp():
-    lopt = AdafactorLOpt(step_mult=0.1, exp_mult=0.5, output_init_scale=1.0)
+    lopt = AdafactorMLP(step_mult=0.1, exp_mult=0.5, output_init_scale=1.0)
     theta = lopt.init(jax.random.PRNGKey(3))
     update = jax.jit(lopt.opt_update)
     _, state = update(theta, lopt.opt_init(theta, P), G1, P, 0.0, KEY)
     new_p, _ = update(theta, state, G2, P, jnp.float32(0.0), KEY)
     for name in P:
         x, _ = np_adafactor([G1[name], G2[name]], P[name], **DEFAULT)
-        d, m = np_mlp(theta, x)
+        d, m = np_mlp(theta["mlp"], x)
         assert np.abs(0.5 * m).max() > 0.05  # the exp term is exercised
         np.testing.assert_allclose(new_p[name], P[name] - 0.1 * d * np.exp(0.5 * m),
                                    rtol=1e-4, atol=1e-5)
         assert new_p[name].dtype == P[name].dtype
-
-
-def test_untrained_steps_are_tiny():
-    theta = LOPT.init(KEY)
-    new_p, _ = UPDATE(theta, LOPT.opt_init(theta, P), G1, P, 0.0, KEY)
-    step = max(float(np.abs(new_p[k] - P[k]).max()) for k in P)
-    assert 0 < step < 1e-4   # step_mult (1e-3) * output_init_scale (1e-2) * O(1)
 
 
 def test_meta_parameter_count_and_config():
@@ -195,70 +168,17 @@ def test_meta_parameter_count_and_config():
     two = learned_opt.make("adafactor_mlp", {"momentum_decays": [0.5, 0.9],
                                              "adafactor_decays": [0.9, 0.99], "hidden_sizes": [8]})
     assert two.config.num_inputs == 4 + 8 * 2 + 11
-    assert "adafactor_mlp" in learned_opt.architectures()
     with pytest.raises(learned_opt.LearnedOptError, match="same length"):
-        AdafactorLOptConfig(momentum_decays=(0.9,))
+        AdafactorMLPConfig(momentum_decays=(0.9,))
     with pytest.raises(learned_opt.LearnedOptError, match="rms_decay"):
-        AdafactorLOptConfig(rms_decay=1.0)
-    with pytest.raises(learned_opt.LearnedOptError, match="unknown AdafactorLOptConfig key"):
-        learned_opt.make("adafactor_mlp", {"decays": [0.9]})
+        AdafactorMLPConfig(rms_decay=1.0)
 
 
-def descent_theta(lopt, channel, sign=1.0):
-    """theta whose output is d = sign * (normalised input ``channel``), m = 0."""
-    theta = jax.tree.map(jnp.zeros_like, lopt.init(KEY))
-    theta.update({k: v for k, v in lopt.init(KEY).items() if k != "mlp"})
-    mlp = theta["mlp"]
-    mlp["linear_0"]["w"] = mlp["linear_0"]["w"].at[channel, 0].set(1.0).at[channel, 1].set(-1.0)
-    mlp["linear_1"]["w"] = mlp["linear_1"]["w"].at[0, 0].set(1.0).at[1, 1].set(1.0)
-    mlp["linear_2"]["w"] = mlp["linear_2"]["w"].at[0, 0].set(sign).at[1, 0].set(-sign)
-    return theta
-
-
-def test_as_optax_trains_with_factored_momentum():
-    kx, kw = jax.random.split(jax.random.PRNGKey(42))
-    x = jax.random.normal(kx, (64, 5))
-    w_true = jax.random.normal(kw, (5, 2))
-    y = x @ w_true + 0.5
-
-    def loss(p):
-        return 0.5 * jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
-
-    params = {"w": jnp.zeros((5, 2)), "b": jnp.zeros(2)}
-    lopt = AdafactorLOpt(step_mult=0.02)
-
-    def run(theta, steps):
-        tx = learned_opt.as_optax(lopt, theta)
-
-        def body(carry, _):
-            p, s = carry
-            value, grads = jax.value_and_grad(loss)(p)
-            u, s = tx.update(grads, s, p, value=value)
-            return (optax.apply_updates(p, u), s), None
-
-        (p, s), _ = jax.lax.scan(body, (params, tx.init(params)), None, length=steps)
-        return p, s
-
-    run = jax.jit(run, static_argnums=1)
-    l0 = float(loss(params))
-    final, s = run(descent_theta(lopt, channel=25), 300)   # channel 25: factored momentum, 0.9
-    assert float(loss(final)) < 0.01 * l0, (l0, float(loss(final)))
-    assert s.key is None and int(s.opt_state.iteration) == 300
-    worse, _ = run(descent_theta(lopt, channel=25, sign=-1.0), 50)
-    assert float(loss(worse)) > 2 * l0
-    # the optax updates equal the optimizer's own step
-    theta = LOPT.init(KEY)
-    tx = LOPT.as_optax(theta)
-    updates, _ = jax.jit(tx.update)(G1, tx.init(P), P)
-    want, _ = UPDATE(theta, LOPT.opt_init(theta, P), G1, P, 0.0, KEY)
-    for k in P:
-        np.testing.assert_allclose(optax.apply_updates(P, updates)[k], want[k], rtol=1e-6, atol=1e-7)
-
-
-def test_vmap_over_thetas_and_params():
-    lopt, update = LOPT1, UPDATE1
+def test_vmap_uses_each_members_decays():
+    """Two steps, 3 thetas with different momentum decays in one compiled call, against the
+    unbatched update (the contract's vmap test has thetas that differ only in the MLP)."""
+    lopt = LOPT1
     thetas = jax.vmap(lopt.init)(jax.random.split(KEY, 3))
-    # different decays per member: they must be used per member under vmap
     thetas["log_one_minus_momentum_decays"] = jnp.log(jnp.array(
         [[0.1, 0.01, 0.001], [0.5, 0.5, 0.5], [0.9, 0.2, 0.05]]))
     update = jax.jit(lopt.opt_update)
@@ -269,7 +189,7 @@ def test_vmap_over_thetas_and_params():
 
     batched_p, batched_s = jax.jit(jax.vmap(two_steps))(thetas)
     for i in range(3):
-        th = jax.tree.map(lambda a: a[i], thetas)
+        th = take(thetas, i)
         p, s = update(th, lopt.opt_init(th, P), G1, P, 0.0, KEY)
         p, s = update(th, s, G2, p, 0.0, KEY)
         for k in P:
@@ -277,76 +197,3 @@ def test_vmap_over_thetas_and_params():
             np.testing.assert_allclose(batched_s.fac_momenta[k][i], s.fac_momenta[k], rtol=1e-5,
                                        atol=1e-6)
     assert not np.allclose(batched_s.momenta["w"][0], batched_s.momenta["w"][1])
-
-    # a batch of parameter sets with one theta (per-member factoring and normalisation)
-    theta = jax.tree.map(lambda a: a[0], thetas)
-    ps = jax.tree.map(lambda a, b: jnp.stack([a, 3 * b]), P, G2)
-    gs = jax.tree.map(lambda a, b: jnp.stack([a, b]), G1, G2)
-    states = jax.vmap(lambda p: lopt.opt_init(theta, p))(ps)
-    out, new_states = jax.jit(jax.vmap(lopt.opt_update, in_axes=(None, 0, 0, 0, None, None)))(
-        theta, states, gs, ps, 0.0, KEY)
-    assert new_states.col["k"].shape == (2, 2, 2, 2, 3)
-    for i in range(2):
-        pi, gi = jax.tree.map(lambda a: a[i], ps), jax.tree.map(lambda a: a[i], gs)
-        single, _ = update(theta, lopt.opt_init(theta, pi), gi, pi, 0.0, KEY)
-        for k in P:
-            np.testing.assert_allclose(out[k][i], single[k], rtol=1e-5, atol=1e-7)
-
-
-def test_meta_gradient_reaches_decays():
-    lopt = LOPT1
-    theta = lopt.init(KEY)
-    sub = lambda t: {k: t[k] for k in ("w", "s")}  # noqa: E731  (a matrix and a scalar)
-
-    def meta_loss(th):
-        p, s = sub(P), lopt.opt_init(th, sub(P))
-        for g in (G1, G2):
-            p, s = lopt.opt_update(th, s, sub(g), p, 0.0, KEY)
-        return sum(jnp.sum(x ** 2) for x in jax.tree.leaves(p))
-
-    g = jax.jit(jax.grad(meta_loss))(theta)
-    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(g))
-    for name in ("log_one_minus_momentum_decays", "log_one_minus_rms_decay",
-                 "log_one_minus_adafactor_decays"):
-        assert float(jnp.abs(g[name]).max()) > 0, name
-
-
-def test_dmd_variant_appends_dmd_features():
-    from learned_opt import dmd
-    on = AdafactorLOpt(dmd_window=6, dmd_rank=2, output_init_scale=1.0)
-    off = LOPT1
-    assert on.config.num_inputs == 39 + dmd.num_features(2) == 45
-    theta_on, theta_off = on.init(KEY), off.init(KEY)
-    assert theta_on["mlp"]["linear_0"]["w"].shape == (45, 4)
-    # same network on the first 39 inputs, zero weights on the DMD channels -> identical steps
-    theta_mask = jax.tree.map(lambda x: x, theta_off)
-    theta_mask["mlp"] = dict(theta_off["mlp"])
-    theta_mask["mlp"]["linear_0"] = dict(
-        theta_off["mlp"]["linear_0"],
-        w=theta_on["mlp"]["linear_0"]["w"].at[39:].set(0.0).at[:39].set(
-            theta_off["mlp"]["linear_0"]["w"]))
-    update_on, update_off = jax.jit(on.opt_update), UPDATE1
-    s_on, s_off = on.opt_init(theta_on, P), off.opt_init(theta_off, P)
-    assert s_off.dmd is None and s_on.dmd.snapshots["w"].shape == (2, 3, 6)
-    for g in (G1, G2, G1):
-        p_on, s_on = update_on(theta_mask, s_on, g, P, 0.0, KEY)
-        p_off, s_off = update_off(theta_off, s_off, g, P, 0.0, KEY)
-    for k in P:
-        np.testing.assert_allclose(p_on[k], p_off[k], rtol=1e-5, atol=1e-7)
-    assert int(s_on.dmd.count) == 3
-    np.testing.assert_allclose(s_on.dmd.snapshots["k"][..., -1], G1["k"])
-    p_dmd, _ = update_on(theta_on, s_on, G2, P, 0.0, KEY)
-    p_mask, _ = update_on(theta_mask, s_on, G2, P, 0.0, KEY)
-    assert not np.allclose(p_dmd["w"], p_mask["w"])
-    with pytest.raises(learned_opt.LearnedOptError, match="dmd"):
-        AdafactorLOpt(dmd_window=2)
-
-
-def test_meta_training_lowers_quadratic_meta_loss():
-    before, after, state = quadratic_meta_training("adafactor_mlp", 300)
-    # Measured here (seed 0, 300 outer steps): 1.0175 -> 0.8896; we require a drop of 0.06.
-    assert after < before - 0.06, (before, after)
-    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.theta))
-    # the decays moved (they are meta-learned)
-    assert not np.allclose(state.theta["log_one_minus_momentum_decays"],
-                           np.log([0.1, 0.01, 0.001]), atol=1e-3)

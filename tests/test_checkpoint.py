@@ -11,7 +11,7 @@ import pytest
 import learned_opt
 from learned_opt import CheckpointError, checkpoint
 from learned_opt.base import LearnedOptimizer, register
-from learned_opt.mlp_lopt import MLPLOpt
+from learned_opt.mlp import MLP
 
 KEY = jax.random.PRNGKey(0)
 
@@ -46,7 +46,7 @@ def assert_trees_equal(a, b):
 
 @pytest.fixture
 def saved(tmp_path):
-    lopt = MLPLOpt(hidden_sizes=(8, 4), decays=(0.5, 0.9, 0.99), step_mult=0.01)
+    lopt = MLP(hidden_sizes=(8, 4), decays=(0.5, 0.9, 0.99), step_mult=0.01)
     theta = lopt.init(KEY)
     path = str(tmp_path / "opt.npz")
     learned_opt.save(path, lopt, theta, {"outer_steps": 1234, "family": "quadratic",
@@ -57,7 +57,7 @@ def saved(tmp_path):
 def test_round_trip(saved):
     path, lopt, theta = saved
     lopt2, theta2, meta = learned_opt.load(path)
-    assert isinstance(lopt2, MLPLOpt) and lopt2.config == lopt.config
+    assert isinstance(lopt2, MLP) and lopt2.config == lopt.config
     assert_trees_equal(theta, theta2)
     assert meta == {"outer_steps": 1234, "family": "quadratic", "loss": 0.5}
     assert_trees_equal(theta, learned_opt.load_theta(path, lopt))
@@ -177,7 +177,7 @@ def test_other_architecture(tmp_path):
     lopt, theta, _ = learned_opt.load(path)          # the registry rebuilds it
     assert isinstance(lopt, _OtherLOpt) and theta["scale"].shape == (5,)
     with pytest.raises(CheckpointError, match="'_test_other' optimizer, not 'mlp'") as e:
-        learned_opt.load_theta(path, MLPLOpt())
+        learned_opt.load_theta(path, MLP())
     assert_one_line(e)
     rewrite_header(path, architecture="lstm_from_the_future")
     with pytest.raises(CheckpointError, match="not registered") as e:
@@ -188,7 +188,7 @@ def test_other_architecture(tmp_path):
 def test_incompatible_config(saved):
     path, lopt, _ = saved
     with pytest.raises(CheckpointError, match="hidden_sizes") as e:
-        learned_opt.load_theta(path, MLPLOpt())       # default (32, 32) vs saved (8, 4)
+        learned_opt.load_theta(path, MLP())       # default (32, 32) vs saved (8, 4)
     assert_one_line(e)
     # a header whose config no longer matches the stored arrays
     rewrite_header(path, config=dict(learned_opt.config_to_dict(lopt.config), hidden_sizes=[16]))
@@ -203,7 +203,7 @@ def test_incompatible_config(saved):
 
 
 def test_save_rejects_wrong_theta_and_bad_metadata(tmp_path):
-    lopt = MLPLOpt(hidden_sizes=(4,))
+    lopt = MLP(hidden_sizes=(4,))
     theta = lopt.init(KEY)
     thetas = jax.tree.map(lambda x: jnp.stack([x, x]), theta)   # a population, not one theta
     path = str(tmp_path / "x.npz")

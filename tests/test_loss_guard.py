@@ -5,8 +5,8 @@ of 32 from 256 rows, params w (8, 2) and b (2,)) with four optimizers side by si
 batches: the guarded learned optimizer, the same learned optimizer unguarded, the fallback Adam
 alone, and an Adam that is fed the guarded run's gradients (to compare the guard's fallback
 state with). Each step it also recomputes, independently of the guard, both candidates' losses
-on the guard batch from the pre-step states. The learned optimizer is MLPLOpt with the
-``descent_theta`` of test_learned_opt (d = normalised momentum, m = 0) whose output layer is
+on the guard batch from the pre-step states. The learned optimizer is MLP with the
+``descent_theta`` of tests/oracles.py (d = normalised momentum, m = 0) whose output layer is
 scaled by ``c``, so its step is ``0.001 * c * normalised momentum``; c and Adam's lr are traced,
 so all scenarios share one compilation.
 """
@@ -19,14 +19,14 @@ import pytest
 import learned_opt
 from learned_opt.loss_guard import (LossGuardState, fallback_rate, find_guard_state, guarded,
                                     loss_guard)
-from learned_opt.mlp_lopt import MLPLOpt
-from meta_train import evaluate as ev
+from learned_opt.mlp import MLP
+from meta_train.evaluation import curves as ev
 from meta_train.estimators import PES
 from meta_train.unroll import learned_optimizer_unroll
 from tasks import QuadraticFamily
 
 STEPS = 200
-LOPT = MLPLOpt()
+LOPT = MLP()
 
 _kx, _kw, _kn = jax.random.split(jax.random.PRNGKey(42), 3)
 X = jax.random.normal(_kx, (256, 8))
@@ -49,7 +49,7 @@ def full_loss(p):
 
 
 def scaled_descent_theta(c):
-    """descent_theta (tests/test_learned_opt.py) with the output layer scaled by c:
+    """descent_theta (tests/oracles.py) with the output layer scaled by c:
     d = c * (normalised momentum with decay 0.9), m = 0; layers are ReLU(x), ReLU(-x)."""
     theta = jax.tree.map(jnp.zeros_like, LOPT.init(jax.random.PRNGKey(0)))
     mlp = theta["mlp"]
@@ -281,7 +281,7 @@ def test_guarded_unroll_and_pes():
     # fallbacks [15 2 14 4] of [15 10 15 10] steps). NB: if the fallback wins every step, the
     # trajectory does not depend on theta and the PES gradient is exactly 0 (measured with the
     # default output_init_scale 0.01 even against SGD(1e-4)).
-    lopt = MLPLOpt(hidden_sizes=(8,), output_init_scale=1.0)
+    lopt = MLP(hidden_sizes=(8,), output_init_scale=1.0)
     unroll = learned_optimizer_unroll(lopt, family, episode_length=50, guard=optax.adam(1e-3))
     pes = PES(unroll, num_pairs=2, truncation_length=5)
     th = lopt.init(jax.random.PRNGKey(2))
