@@ -17,7 +17,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from meta_train.config import get_config  # noqa: E402
-from meta_train.run import read_metrics, train  # noqa: E402
+from learned_opt.files import read_jsonl as read_metrics  # noqa: E402
+from meta_train.run import train  # noqa: E402
 
 LABELS = {"pes": "PES", "tes": "truncated ES", "tbptt": "truncated BPTT", "full_es": "full-episode ES"}
 
@@ -59,7 +60,7 @@ def main():
                  * (1.5 if name == "tes" else 1))
         results[name] = (eval_points(records), inner)
 
-    from meta_train.plots import plt
+    from meta_train.evaluation.plots import plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     print(f"{'estimator':18s} {'outer steps':>11s} {'inner steps':>11s} {'seconds':>8s}  held-out loss start -> end")
     for name, (pts, inner) in results.items():

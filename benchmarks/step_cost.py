@@ -23,7 +23,7 @@ import learned_opt  # noqa: E402
 import tasks  # noqa: E402
 from learned_opt.loss_guard import guarded  # noqa: E402
 from benchmarks.throughput import best_time  # noqa: E402
-from meta_train import evaluate as ev  # noqa: E402
+from meta_train.evaluation import curves as ev  # noqa: E402
 
 DMD = {"dmd_window": 8, "dmd_rank": 3}
 

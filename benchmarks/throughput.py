@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from meta_train import evaluate as ev  # noqa: E402
+from meta_train.evaluation import curves as ev  # noqa: E402
 from meta_train.config import get_config  # noqa: E402
 from meta_train.trainer import MetaTrainer  # noqa: E402
 

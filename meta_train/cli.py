@@ -12,7 +12,6 @@ print one line on stderr and exit with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -31,15 +30,6 @@ EXAMPLES = """examples:
   # two hosts (run on each, with its own --process-id):
   lopt train --distributed --coordinator host0:12355 --num-processes 2 --process-id 0
 """
-
-
-def _user_errors():
-    import learned_opt
-    import tasks
-    from meta_train.config import ConfigError
-    from meta_train.distributed import DistributedError
-    from meta_train.state_io import StateFileError
-    return (ConfigError, StateFileError, DistributedError, learned_opt.LearnedOptError, tasks.TaskError)
 
 
 def _configs_help() -> str:
@@ -66,10 +56,13 @@ def cmd_train(args) -> int:
         distributed.initialize(distributed.resolve(args.coordinator, args.num_processes,
                                                    args.process_id, args.dist_timeout))
     import jax
-    from meta_train.report import write_report
-    from meta_train.run import OPTIMIZER_FILE, final_eval, train
+    from meta_train.evaluation.plots import plot_meta_training
+    from meta_train.evaluation.report import write_report
+    from meta_train.run import OPTIMIZER_FILE, PLOT_FILE, final_eval, train
 
     state, records, summary = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    if jax.process_index() == 0:
+        plot_meta_training(records, os.path.join(out, PLOT_FILE))
     if args.distributed:
         # Leave the process group now (a barrier), so the others need not wait for the report.
         main = jax.process_index() == 0
@@ -102,7 +95,7 @@ def _progress(args):
 
 
 def _print_summary(rep) -> None:
-    from meta_train.report import summary_lines
+    from meta_train.evaluation.report import summary_lines
     print(f"report -> {rep['path']} ({rep['wall_s']:.0f} s)\n"
           "median speedup over tuned Adam / median final training loss relative to tuned Adam's:")
     print("\n".join(summary_lines(rep)))
@@ -114,7 +107,7 @@ def _baseline_list(text: str) -> tuple:
 
 
 def cmd_report(args) -> int:
-    from meta_train.report import write_report
+    from meta_train.evaluation.report import write_report
     first = args.checkpoints[0]
     out = args.out or (os.path.join(os.path.dirname(os.path.abspath(first)), "report") if os.path.exists(first)
                        else os.path.join("runs", f"report-{first}"))    # a shipped name
@@ -128,46 +121,17 @@ def cmd_report(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    import jax
-    import numpy as np
-    import optax
+    from meta_train.evaluation.apply import apply_to_task
 
-    import learned_opt
-    import tasks
-    from meta_train import evaluate as ev
-    from meta_train.plots import plot_curves
-    from meta_train.state_io import atomic_write_bytes
-
-    lopt, theta, _ = learned_opt.load(args.checkpoint)
-    task = tasks.get_task(args.task)
-    key = jax.random.PRNGKey(args.seed)
-    def run(tx):
-        return jax.jit(lambda k: ev.run_task(task, tx, k, args.steps)[:2])(key)
-
-    lo, lo_test = run(lopt.as_optax(theta))
-    if args.guard:
-        from learned_opt.loss_guard import guarded
-        g_tx = guarded(lopt, theta, optax.adam(args.adam_lr))
-        lo, lo_test, rate = jax.jit(lambda k: ev.run_task(task, g_tx, k, args.steps, guard=True))(key)
-        print(f"loss guard: fell back to Adam on {100 * float(rate):.1f}% of steps")
-    ad, ad_test = run(optax.adam(args.adam_lr))
-    lo, ad = np.asarray(lo), np.asarray(ad)
     out = args.out or os.path.join("runs", f"apply-{args.task}")
-    os.makedirs(out, exist_ok=True)
-    window = max(1, args.steps // 50)
-    plot_curves({"learned": ev.smooth(lo, window), f"Adam lr={args.adam_lr:g}": ev.smooth(ad, window)},
-                os.path.join(out, "curves.png"), f"{args.task}: {args.steps} steps (seed {args.seed})")
-    result = {"task": args.task, "steps": args.steps, "seed": args.seed, "checkpoint": args.checkpoint,
-              "learned": {"final_train_loss": float(ev.final_loss(lo)), "test_loss": float(lo_test),
-                          "curve": lo.tolist()},
-              "adam": {"learning_rate": args.adam_lr, "final_train_loss": float(ev.final_loss(ad)),
-                       "test_loss": float(ad_test), "curve": ad.tolist()}}
-    data = json.dumps(result).encode()
-    atomic_write_bytes(os.path.join(out, "curves.json"), lambda f: f.write(data))
-    print(f"{args.task}, {args.steps} steps: final training loss learned "
-          f"{result['learned']['final_train_loss']:.4f} vs Adam(lr={args.adam_lr:g}) "
-          f"{result['adam']['final_train_loss']:.4f}; test loss {float(lo_test):.4f} vs {float(ad_test):.4f}"
-          f"\ncurves -> {out}/curves.png, {out}/curves.json")
+    r = apply_to_task(args.checkpoint, args.task, steps=args.steps, seed=args.seed,
+                      adam_lr=args.adam_lr, guard=args.guard, out=out)
+    if args.guard:
+        print(f"loss guard: fell back to Adam on {100 * r['fallback_rate']:.1f}% of steps")
+    lo, ad = r["learned"], r["adam"]
+    print(f"{args.task}, {args.steps} steps: final training loss learned {lo['final_train_loss']:.4f} "
+          f"vs Adam(lr={args.adam_lr:g}) {ad['final_train_loss']:.4f}; test loss "
+          f"{lo['test_loss']:.4f} vs {ad['test_loss']:.4f}\ncurves -> {out}/curves.png, {out}/curves.json")
     return 0
 
 
@@ -191,6 +155,7 @@ def cmd_tasks(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from meta_train.estimators import ESTIMATORS
     p = argparse.ArgumentParser(
         prog="lopt", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Meta-train learned optimizers with PES, apply them to new tasks, and report "
@@ -209,11 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "--set outer_steps=600 --set 'family_kwargs={\"hidden_sizes\": [64]}'")
     t.add_argument("--config", default="default", help="named config (default: %(default)s)")
     t.add_argument("--out", help="run directory (default: runs/CONFIG)")
-    t.add_argument("--estimator", choices=["pes", "tes", "full_es", "tbptt"],
-                   help="outer gradient estimator: PES (default: unbiased), truncated ES, full-episode "
-                        "ES or truncated BPTT (biased for short truncations); options via --set: "
-                        "sigma, num_pairs, truncation_length, antithetic, loss_clip, sign_delta, "
-                        "full_es_loss")
+    t.add_argument("--estimator", choices=list(ESTIMATORS),
+                   help="outer gradient estimator: " + "; ".join(
+                       f"{name}: {spec.description}" for name, spec in ESTIMATORS.items()) +
+                        ". Options via --set: sigma, num_pairs, truncation_length, antithetic, "
+                        "loss_clip, sign_delta, full_es_loss")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field; VALUE is parsed as JSON when it can be")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -289,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from learned_opt.errors import LearnedOptError
     args = build_parser().parse_args(argv)
     for name in ("steps", "num_tasks", "report_tasks", "long_factor", "seeds", "adam_factor"):
         v = getattr(args, name, None)
@@ -300,7 +266,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("lopt: interrupted (a training run continues with --resume)", file=sys.stderr)
         return 130
-    except _user_errors() as e:
+    except LearnedOptError as e:
         msg = str(e).strip().replace("\n", " ")
         print(f"lopt: error: {msg}", file=sys.stderr)
         return 2

@@ -4,9 +4,9 @@ curves, atomic checkpoints of the full state, and resume after a kill.
 Files in the run directory:
     config.json          the TrainConfig
     metrics.jsonl        one JSON object per logged outer step / evaluation
-    train_state.npz      full training state (atomic, every checkpoint_every steps)
+    train_state.npz      full training state (atomic, every checkpoint_every steps; state_io.py)
     optimizer.npz        the learned optimizer (learned_opt.save format)
-    meta_training.png    meta-training curves
+    meta_training.png    meta-training curves (drawn by ``lopt train``, from metrics.jsonl)
 
 With several processes (``lopt train --distributed``, see distributed.py) every process
 runs the same loop on its share of the population; the state is gathered (a collective)
@@ -25,38 +25,20 @@ import numpy as np
 from tqdm import tqdm
 
 import learned_opt
+from learned_opt.files import atomic_write_text, read_jsonl, write_jsonl
 from meta_train.config import ConfigError, TrainConfig
 from meta_train.distributed import DistributedError
-from meta_train.plots import plot_meta_training
-from meta_train.state_io import atomic_write_bytes, load_state, save_state
+from meta_train.state_io import load_state, save_state
 from meta_train.trainer import MetaTrainer
 
 STATE_FILE = "train_state.npz"
 OPTIMIZER_FILE = "optimizer.npz"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "meta_training.png"
 
 
 def _to_py(metrics: dict) -> dict:
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in jax.device_get(metrics).items()}
-
-
-def read_metrics(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a torn last line from a killed run
-    return out
-
-
-def _rewrite_metrics(path: str, records: list[dict]) -> None:
-    data = "".join(json.dumps(r) + "\n" for r in records).encode()
-    atomic_write_bytes(path, lambda f: f.write(data))
 
 
 def _resolve_config(out_dir: str, config: TrainConfig, resume: bool) -> TrainConfig:
@@ -109,11 +91,10 @@ def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: boo
     _check_processes_agree(config)
     if main:
         os.makedirs(out_dir, exist_ok=True)
-        atomic_write_bytes(os.path.join(out_dir, "config.json"),
-                           lambda f: f.write(config.to_json().encode()))
+        atomic_write_text(os.path.join(out_dir, "config.json"), config.to_json())
     trainer = MetaTrainer(config, mesh)
     state_path = os.path.join(out_dir, STATE_FILE)
-    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    metrics_path = os.path.join(out_dir, METRICS_FILE)
 
     def to_host(state):
         # A collective with several processes: every process calls it at the same steps.
@@ -124,10 +105,10 @@ def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: boo
     if resume and os.path.exists(state_path):
         state = trainer.place(jax.device_get(load_state(state_path, state)))
         start = int(state.step)
-        records = [r for r in read_metrics(metrics_path) if r.get("step", 0) <= start]
+        records = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= start]
     _check_processes_agree(config, start=int(state.step))
     if main:
-        _rewrite_metrics(metrics_path, records)
+        write_jsonl(metrics_path, records)
 
     end = config.outer_steps if stop_after is None else min(config.outer_steps, stop_after)
     start = int(state.step)
@@ -173,7 +154,6 @@ def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: boo
         learned_opt.save(os.path.join(out_dir, OPTIMIZER_FILE), trainer.lopt, host.theta,
                          metadata={"outer_steps": int(host.step),
                                    "train_config": json.loads(config.to_json())})
-        plot_meta_training(records, os.path.join(out_dir, "meta_training.png"))
     return host, records, summary
 
 

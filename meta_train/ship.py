@@ -20,9 +20,8 @@ import jax
 
 import learned_opt
 from learned_opt.base import config_to_dict
+from learned_opt.files import atomic_write_text, read_jsonl, write_jsonl
 from meta_train.config import NAMED_CONFIGS, TrainConfig
-from meta_train.run import read_metrics
-from meta_train.state_io import atomic_write_bytes
 
 
 def wall_time_s(records: list[dict]) -> float:
@@ -76,7 +75,7 @@ def ship(run_dir: str, name: str, config_name: str, root: str = "checkpoints",
     lopt, theta, meta = learned_opt.load(os.path.join(run_dir, "optimizer.npz"))
     cfg = json.load(open(os.path.join(run_dir, "config.json")))
     TrainConfig.from_dict(cfg)                      # a valid config, or a clear error
-    records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    records = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     evals = [r for r in records if "eval_mean_loss" in r]
     dest = os.path.join(root, name)
     os.makedirs(dest, exist_ok=True)
@@ -84,8 +83,7 @@ def ship(run_dir: str, name: str, config_name: str, root: str = "checkpoints",
         shutil.copyfile(os.path.join(run_dir, f), os.path.join(dest, f))
     # A thinned log (every evaluation, the training metrics every 50 steps) for the report.
     kept = [r for r in records if "eval_mean_loss" in r or r.get("step", 0) % 50 == 0]
-    atomic_write_bytes(os.path.join(dest, "metrics.jsonl"),
-                       lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
+    write_jsonl(os.path.join(dest, "metrics.jsonl"), kept)
     n_params = sum(x.size for x in jax.tree.leaves(theta))
     fam = cfg["family"] + (f" {json.dumps(cfg['family_kwargs'])}" if cfg.get("family_kwargs") else "")
     label = label or lopt.architecture
@@ -121,7 +119,7 @@ def ship(run_dir: str, name: str, config_name: str, root: str = "checkpoints",
                   "baselines, curves, cost per step, the command and versions):", ""] + rows + [""]
     lines += ["![meta-training](meta_training.png)", ""]
     path = os.path.join(dest, "MODEL_CARD.md")
-    atomic_write_bytes(path, lambda f: f.write("\n".join(lines).encode()))
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 

@@ -7,20 +7,23 @@ becomes an all-reduce; theta and the meta-optimizer state stay replicated. The s
 config runs unchanged on one device, N local devices or N hosts (jax.distributed)."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import chex
 import optax
+from chex import ArrayTree as PyTree
 
 import learned_opt
 import tasks
-from meta_train.config import TrainConfig
+from learned_opt.loss_guard import loss_guard
+from learned_opt.optax_adapter import as_optax
 from meta_train import sharding
+from meta_train.config import TrainConfig
 from meta_train.estimators import make_estimator
-from meta_train.unroll import learned_optimizer_unroll
-
-PyTree = Any
+from meta_train.unroll import learned_optimizer_unroll, normalised_loss
+from tasks import training
 
 
 class TrainState(NamedTuple):
@@ -31,18 +34,19 @@ class TrainState(NamedTuple):
     key: jax.Array             # raw uint32 PRNG key
 
 
-def evaluate_trajectories(lopt, family, theta, keys, num_steps, guard=None):
-    """Train one task per key with ``theta`` for ``num_steps``; returns normalised
-    training losses, shape (len(keys), num_steps). Vmapped over tasks, scanned over steps.
-    ``guard``: None or an optax fallback for the loss guard (see learned_optimizer_unroll)."""
-    unroll = learned_optimizer_unroll(lopt, family, guard=guard)
+def periodic_eval_curves(lopt, family, theta, keys, num_steps, guard=None):
+    """Meta-training's periodic evaluation: one held-out task per key (``family.sample`` of the
+    key's first split, trained from its second), trained with ``theta`` for ``num_steps`` by the
+    same rollout as every report (``tasks.training.train``, through ``as_optax``; behind the loss
+    guard with fallback ``guard`` when given). Returns normalised training losses clipped as the
+    meta-loss is, shape (len(keys), num_steps). Vmapped over tasks, scanned over steps."""
+    tx = as_optax(lopt, theta) if guard is None else loss_guard(as_optax(lopt, theta), guard)
 
     def one(key):
-        k_init, k_run = jax.random.split(key)
-        state = unroll.init(theta, k_init)
-        step_keys = jax.random.split(k_run, num_steps)
-        _, losses = jax.lax.scan(lambda s, k: unroll.step(theta, s, k), state, step_keys)
-        return losses
+        k_cfg, k_train = jax.random.split(key)
+        task = family.task(family.sample(k_cfg))
+        run = training.train(task, tx, k_train, num_steps, guarded=guard is not None)
+        return normalised_loss(task, run.losses)
 
     return jax.vmap(one)(keys)
 
@@ -104,6 +108,7 @@ class MetaTrainer:
     def _outer_step(self, state: TrainState):
         key, k_est = jax.random.split(state.key)
         grad, est_state, metrics = self.estimator.estimate(state.theta, state.est_state, k_est)
+        chex.assert_trees_all_equal_shapes_and_dtypes(grad, state.theta)   # at trace time
         updates, meta_opt_state = self.meta_opt.update(grad, state.meta_opt_state, state.theta)
         new_theta = optax.apply_updates(state.theta, updates)
         ok = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new_theta)]))
@@ -114,12 +119,9 @@ class MetaTrainer:
         metrics = dict(metrics, grad_norm=optax.tree.norm(grad), update_skipped=~ok)
         return TrainState(state.step + 1, theta, meta_opt_state, est_state, key), metrics
 
-    def eval_keys(self):
-        return tasks.held_out_keys(self.config.eval_tasks)
-
     def _evaluate(self, theta):
         """Mean normalised training loss over ``eval_steps`` on fixed held-out tasks."""
-        keys = self.estimator.constrain(self.eval_keys())
-        losses = evaluate_trajectories(self.lopt, self.family, theta, keys,
-                                       self.config.eval_steps, guard=self.guard)
+        keys = self.estimator.constrain(tasks.periodic_eval_keys(self.config.eval_tasks))
+        losses = periodic_eval_curves(self.lopt, self.family, theta, keys,
+                                      self.config.eval_steps, guard=self.guard)
         return {"eval_mean_loss": jnp.mean(losses), "eval_final_loss": jnp.mean(losses[:, -1])}

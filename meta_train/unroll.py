@@ -13,17 +13,18 @@ task family, a learning-rate schedule, or any user-defined system.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from learned_opt.base import LearnedOptError
+from chex import ArrayTree as PyTree
+
+from learned_opt.errors import LearnedOptError
 from learned_opt.loss_guard import loss_guard
 from learned_opt.optax_adapter import as_optax
-
-PyTree = Any
+from tasks.training import train_step
 NEVER_ENDING = 2**30
 
 
@@ -50,6 +51,13 @@ class Unroll:
         return jnp.clip(jnp.floor(jnp.exp(u)), lo, hi).astype(jnp.int32)
 
 
+def normalised_loss(task, loss: jax.Array, max_loss: float = 10.0) -> jax.Array:
+    """``task.normalizer(loss)`` clipped at ``max_loss`` (NaN stays NaN so estimators can mask
+    it): the meta-loss term, and the metric of meta-training's periodic evaluation."""
+    loss = task.normalizer(loss)
+    return jnp.where(jnp.isnan(loss), loss, jnp.minimum(loss, max_loss))
+
+
 class LOptState(NamedTuple):
     """Inner state of a learned optimizer training one task of a family."""
 
@@ -63,7 +71,8 @@ def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
     """Training a learned optimizer on a task family, as an Unroll.
 
     Each episode samples a task cfg from ``family``, initialises its parameters,
-    and each step takes one learned-optimizer step on a fresh training batch.
+    and each step is ``tasks.training.train_step`` (the one definition of an inner step: batch,
+    loss key, guard batch) with the learned optimizer's update.
     The meta-loss term is the task's normalised training loss *before* the step
     (clipped at ``max_meta_loss``; NaN stays NaN so estimators can mask it). With
     ``log_loss`` it is ``log(max(normalised loss, 1e-6))`` instead: every halving of the loss
@@ -92,21 +101,22 @@ def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
             return LOptState(cfg, params, guard_tx(theta).init(params))
         return LOptState(cfg, params, lopt.opt_init(theta, params))
 
+    def update(theta):
+        """One step's rule for ``tasks.training.train_step``: the learned optimizer's own
+        ``opt_update``, or the loss guard around its optax form (key passed explicitly)."""
+        if guard is None:
+            return lambda g, s, p, loss, key, value_fn: lopt.opt_update(theta, s, g, p, loss, key)
+
+        def guarded_update(g, s, p, loss, key, value_fn):
+            updates, s = guard_tx(theta).update(g, s, p, value=loss, key=key, value_fn=value_fn)
+            return optax.apply_updates(p, updates), s
+        return guarded_update
+
     def step(theta, state, key):
         task = family.task(state.cfg)
-        k_batch, k_loss, k_opt = jax.random.split(key, 3)
-        batch = task.sample_batch(k_batch)
-        loss, grads = jax.value_and_grad(task.loss)(state.params, k_loss, batch)
-        if guard is not None:
-            guard_batch = task.sample_batch(jax.random.fold_in(key, 1))
-            updates, opt_state = guard_tx(theta).update(
-                grads, state.opt_state, state.params, value=loss, key=k_opt,
-                value_fn=lambda p: task.loss(p, k_loss, guard_batch))
-            params = optax.apply_updates(state.params, updates)
-        else:
-            params, opt_state = lopt.opt_update(theta, state.opt_state, grads, state.params, loss, k_opt)
-        meta_loss = task.normalizer(loss)
-        meta_loss = jnp.where(jnp.isnan(meta_loss), meta_loss, jnp.minimum(meta_loss, max_meta_loss))
+        params, opt_state, loss = train_step(task, update(theta), state.params, state.opt_state, key,
+                                             guarded=guard is not None)
+        meta_loss = normalised_loss(task, loss, max_meta_loss)
         if log_loss:
             meta_loss = jnp.log(jnp.maximum(meta_loss, 1e-6))
         return LOptState(state.cfg, params, opt_state), meta_loss

@@ -1,17 +1,9 @@
-"""Named task families and named single tasks.
-
-Held-out tasks: a family's training tasks come from ``family.sample(key)`` with keys split
-from the run's own seed; held-out (evaluation) tasks come from the same ``family.sample``
-with keys from ``held_out_keys(n)``, a fixed, separate base seed (HELD_OUT_SEED), so the
-held-out set is identical across runs and machines and disjoint from training keys in practice.
-"""
+"""Named task families and named single tasks (held-out suites and their seeds: tasks/suites.py)."""
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import os
-
-import jax
 
 from tasks.autoencoder import AutoencoderFamily
 from tasks.base import Task, TaskError, TaskFamily
@@ -22,9 +14,6 @@ from tasks.nqm import NQMFamily
 from tasks.parametric import ParametricImageMLPFamily
 from tasks.quadratic import QuadraticFamily
 from tasks.sequence import TextRNNFamily
-
-HELD_OUT_SEED = 10_000_019  # periodic evaluation during meta-training uses this stream
-
 
 @dataclasses.dataclass(frozen=True)
 class _FamilySpec:
@@ -168,11 +157,6 @@ def get_task_and_family(name: str) -> tuple[Task, TaskFamily, dict]:
 def get_task(name: str) -> Task:
     """Named single task, e.g. "mnist1d_mlp_relu" (see ``list_tasks``)."""
     return get_task_and_family(name)[0]
-
-
-def held_out_keys(n: int, seed: int = HELD_OUT_SEED) -> jax.Array:
-    """``n`` keys for held-out tasks: ``jax.vmap(family.sample)(held_out_keys(n))``."""
-    return jax.random.split(jax.random.PRNGKey(seed), n)
 
 
 def _family_spec(name: str) -> _FamilySpec:

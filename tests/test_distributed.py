@@ -14,6 +14,7 @@ import pytest
 
 from meta_train import distributed
 from meta_train.distributed import DistConfig, DistributedError
+from procs import communicate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETS = ["--set", "outer_steps=4", "--set", "eval_every=2"]   # smoke: 4 particles, checkpoint_every=2
@@ -46,13 +47,7 @@ def _lopt(args, devices=1):
 
 
 def _finish(proc, timeout):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"lopt train timed out after {timeout} s:\n{out[-2000:]}\n{err[-3000:]}")
-    return proc.returncode, out, err
+    return communicate(proc, timeout, "lopt train")
 
 
 def _theta(path):

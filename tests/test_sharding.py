@@ -8,6 +8,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from meta_train import sharding
+from procs import communicate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,13 +48,8 @@ def _launch(n_devices, out):
 
 
 def _finish(proc, timeout=240):
-    try:
-        log, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        log, _ = proc.communicate()
-        raise AssertionError(f"sharding subprocess timed out:\n{log[-3000:]}")
-    assert proc.returncode == 0, log[-3000:]
+    rc, log, _ = communicate(proc, timeout, "sharding subprocess")
+    assert rc == 0, log[-3000:]
 
 
 def test_four_devices_match_one_device(tmp_path):

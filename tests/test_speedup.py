@@ -3,7 +3,7 @@ against curves whose answers are known in closed form."""
 import numpy as np
 import pytest
 
-from meta_train import speedup as sp
+from meta_train.evaluation import speedup as sp
 
 S = np.arange(1, 101, dtype=float)          # Adam's 100 steps
 

@@ -7,9 +7,9 @@ import pytest
 
 import learned_opt
 import tasks
-from meta_train import compare as cmp
-from meta_train.report import write_report
-from tasks.suites import KINDS, get_suite, list_suites
+from meta_train.evaluation import compare as cmp
+from meta_train.evaluation.report import write_report
+from tasks.suites import KINDS, SUITE_SEED, get_suite, list_suites, suites_for
 
 
 def test_every_listed_suite_resolves_to_fixed_tasks():
@@ -24,22 +24,27 @@ def test_every_listed_suite_resolves_to_fixed_tasks():
         assert spec.family in tasks.list_families()
     assert kinds == set(KINDS)          # every kind is represented
     # The same name means the same task configs, call after call.
-    a, _ = cmp.held_out_cfgs(get_suite("digits_mlp").get_family(), 4, get_suite("digits_mlp").seed)
-    b, _ = cmp.held_out_cfgs(get_suite("digits_mlp").get_family(), 4, get_suite("digits_mlp").seed)
+    a, _ = get_suite("digits_mlp").tasks()
+    b, _ = get_suite("digits_mlp").tasks(4)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
 
 
-def test_named_in_distribution_suite_is_the_reports_default():
-    """lopt report's default in-distribution suite for the default config and the named
-    suite are the same tasks at the same horizon."""
-    default = cmp.suites_for({"family": "mnist1d_mlp", "max_episode_length": 400})[0]
-    named = cmp.suite_from_spec(get_suite("mnist1d_mlp"))
-    assert (named.num_tasks, named.num_steps, named.seed) == (default.num_tasks, default.num_steps, default.seed)
-    ca, _ = cmp.held_out_cfgs(default.family, 8, default.seed)
-    cb, _ = cmp.held_out_cfgs(named.family, 8, named.seed)
-    for x, y in zip(jax.tree.leaves(ca), jax.tree.leaves(cb)):
-        np.testing.assert_array_equal(x, y)
+def test_named_suites_are_the_reports_default():
+    """lopt report's default suites for the default config (mnist1d_mlp, 100-400-step episodes)
+    and the named suites mnist1d_mlp, mnist1d_mlp_long, digits_mlp, mnist1d_mlp_deep are the same
+    tasks at the same horizons."""
+    default = suites_for("mnist1d_mlp", {}, max_episode_length=400)
+    assert [s.kind for s in default] == list(KINDS)
+    for d, name in zip(default, ("mnist1d_mlp", "mnist1d_mlp_long", "digits_mlp", "mnist1d_mlp_deep")):
+        named = get_suite(name)
+        assert (named.kind, named.family, named.family_kwargs, named.num_tasks, named.num_steps,
+                named.seed) == (d.kind, d.family, d.family_kwargs, d.num_tasks, d.num_steps, d.seed)
+        assert named.seed == SUITE_SEED
+        ca, _ = d.tasks()
+        cb, _ = named.tasks()
+        for x, y in zip(jax.tree.leaves(ca), jax.tree.leaves(cb)):
+            np.testing.assert_array_equal(x, y)
 
 
 def test_unknown_suite_is_a_task_error():

@@ -138,10 +138,10 @@ def test_family_reproducible_and_vmappable(name):
         np.testing.assert_allclose(losses[i], ref, rtol=1e-4)
 
 
-def test_held_out_keys_fixed_and_disjoint_from_training():
-    a, b = tasks.held_out_keys(4), tasks.held_out_keys(4)
+def test_periodic_eval_keys_fixed_and_disjoint_from_training():
+    a, b = tasks.periodic_eval_keys(4), tasks.periodic_eval_keys(4)
     np.testing.assert_array_equal(a, b)
-    assert tasks.HELD_OUT_SEED == 10_000_019
+    assert tasks.PERIODIC_EVAL_SEED == 10_000_019
     train = jax.random.split(jax.random.PRNGKey(0), 4)
     assert not np.any(np.all(np.asarray(a)[:, None] == np.asarray(train)[None], -1))
 

@@ -1,20 +1,15 @@
 """Run several learned optimizers, their loss-guarded versions and Adam (default and tuned per
 task) on the same held-out evaluation suites.
 
-Suites built from a checkpoint's meta-training config (``suites_for``):
-
-- ``in_distribution``: unseen tasks of the meta-training family (configs and seeds from a
-  stream not used in meta-training), at the meta-training horizon H;
-- ``long_horizon``: the same tasks for ``long_factor * H`` steps;
-- ``ood_dataset`` / ``ood_architecture``: tasks outside the family (another dataset; MLPs of
-  another depth, width and activations), at horizon H.
+The suites (their tasks, seeds and horizons) are defined in ``tasks.suites``: named suites, or
+the ones derived from a checkpoint's meta-training config (``tasks.suites.suites_for``).
 
 Every optimizer sees the same task configs, initialisations and batches (several seeds per
 task). Adam and the baselines are tuned per task over the log grids
 ``learned_opt.baselines.LR_GRIDS`` on the seed-averaged final training loss; the guarded
 learned optimizers fall back to Adam at its tuned learning rate (the LGL2O setting: a
 well-tuned fallback). Adam's whole grid, run 4x longer, is the reference of the speedup
-metric (``meta_train.speedup``).
+metric (``meta_train.evaluation.speedup``).
 """
 from __future__ import annotations
 
@@ -27,38 +22,14 @@ import numpy as np
 import optax
 
 import learned_opt
-import tasks
 from learned_opt.baselines import LR_GRIDS, make_baseline
 from learned_opt.loss_guard import guarded
-from meta_train import evaluate as ev
-from meta_train import speedup as sp
+from meta_train.evaluation import curves as ev
+from meta_train.evaluation import speedup as sp
+from tasks.suites import Suite
 
-HELD_OUT_SEED = 20_240_917  # disjoint from meta-training (config seed) and periodic eval streams
 ADAM_DEFAULT = "Adam lr=1e-3"
 ADAM_TUNED = "Adam tuned"
-
-# Out-of-distribution families per meta-training family: (suite, description, family, kwargs).
-_MLP_ARCH_SHIFT = {"hidden_sizes": [128, 64, 32], "activations": ["sigmoid", "elu", "softplus"]}
-OOD_FAMILIES = {
-    "mnist1d_mlp": [("ood_dataset", "another dataset: sklearn digits (8x8)", "digits_mlp", {}),
-                    ("ood_architecture", "another architecture: MLP (128, 64, 32) with sigmoid/elu/"
-                     "softplus on MNIST-1D", "mnist1d_mlp", _MLP_ARCH_SHIFT)],
-    "digits_mlp": [("ood_dataset", "another dataset: MNIST-1D", "mnist1d_mlp", {}),
-                   ("ood_architecture", "another architecture: MLP (128, 64, 32) with sigmoid/elu/"
-                    "softplus on digits", "digits_mlp", _MLP_ARCH_SHIFT)],
-    "quadratic": [("ood_dataset", "other quadratics: 30-d, condition number up to 1000",
-                   "quadratic", {"dim": 30, "max_cond": 1000.0})],
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Suite:
-    name: str
-    description: str
-    family: Any
-    num_tasks: int
-    num_steps: int
-    seed: int = HELD_OUT_SEED
 
 
 @dataclasses.dataclass
@@ -67,38 +38,6 @@ class Entry:
     label: str
     lopt: Any
     theta: Any
-
-
-def suites_for(train_config: dict, num_tasks: int = 8, num_steps: int | None = None,
-               long_factor: int = 5, ood_tasks: int = 4) -> list[Suite]:
-    fam_name = train_config["family"]
-    family = tasks.get_family(fam_name, **train_config.get("family_kwargs", {}))
-    longest = int(train_config.get("max_episode_length", 400))
-    H = int(num_steps or longest)
-    episodes = (f"meta-training episodes were {train_config.get('min_episode_length', '?')}-{longest} "
-                f"steps")
-    out = [Suite("in_distribution", f"{num_tasks} unseen tasks of the meta-training family "
-                 f"`{fam_name}`, {H} steps ({episodes})", family, num_tasks, H)]
-    if long_factor > 1:
-        out.append(Suite("long_horizon", f"the same tasks for {long_factor * H} steps "
-                         f"({long_factor * H / longest:.1f}x the longest meta-training episode)",
-                         family, num_tasks, long_factor * H))
-    for name, desc, other, kwargs in OOD_FAMILIES.get(fam_name, []):
-        if ood_tasks > 0:
-            out.append(Suite(name, f"{ood_tasks} tasks of {desc}, {H} steps",
-                             tasks.get_family(other, **kwargs), ood_tasks, H))
-    return out
-
-
-def suite_from_spec(spec) -> Suite:
-    """A named suite (tasks.suites.SuiteSpec) as a Suite."""
-    return Suite(spec.name, f"{spec.kind}: {spec.description}", spec.get_family(), spec.num_tasks,
-                 spec.num_steps, spec.seed)
-
-
-def held_out_cfgs(family, num_tasks: int, seed: int = HELD_OUT_SEED):
-    keys = jax.random.split(jax.random.PRNGKey(seed), 2 * num_tasks)
-    return jax.vmap(family.sample)(keys[:num_tasks]), keys[num_tasks:]
 
 
 def task_label(family, cfgs, i) -> str:
@@ -156,15 +95,15 @@ def run_suite(suite: Suite, entries: list[Entry], guard: bool = True, progress=N
 
     Adam runs the grid ``LR_GRIDS["adam"]`` for ``adam_factor`` times the suite's horizon T: its
     first T steps give Adam tuned per task (and at lr=1e-3), all of it the reference curve of
-    the speedup (``meta_train.speedup``). Each baseline is tuned per task over its own grid on the
+    the speedup (``meta_train.evaluation.speedup``). Each baseline is tuned per task over its own grid on the
     seed-averaged final training loss at T. Learned optimizers run as they are and, with
     ``guard``, loss-guarded with Adam at the task's tuned learning rate as the fallback.
 
     Returns {"suite", "labels", "curves": {label: (tasks, seeds, T)}, "test": {label: (tasks,
     seeds)}, "fallback": {label: (tasks, seeds)}, "tuned_lr": {label: (tasks,)}, "envelopes":
     (tasks, adam_factor*T), "task_labels"}."""
-    fam, n, T = suite.family, suite.num_tasks, suite.num_steps
-    cfgs, task_keys = held_out_cfgs(fam, n, suite.seed)
+    fam, n, T = suite.task_family, suite.num_tasks, suite.num_steps
+    cfgs, task_keys = suite.tasks()
     keys = seed_keys(task_keys, num_seeds)
     say = progress or (lambda msg: None)
     curves, test, fallback, tuned = {}, {}, {}, {}
@@ -218,40 +157,6 @@ def speedups(res: dict, label: str, steps=None) -> list[list[sp.Speedup]]:
             for i in range(len(res["envelopes"]))]
 
 
-def summarize_suite(res: dict) -> list[dict]:
-    """Per optimizer: speedup over tuned Adam at the last step, and final training loss (mean
-    over seeds) relative to tuned Adam's, on each task and aggregated."""
-    mean = {k: ev.final_loss(v).mean(axis=-1) for k, v in res["curves"].items()}
-    ref = mean[ADAM_TUNED]
-    ref_test = res["test"][ADAM_TUNED].mean(axis=-1)
-    rows = []
-    for label in res["labels"]:
-        fin = np.where(np.isfinite(mean[label]), mean[label], np.inf)
-        ratio = fin / ref
-        t = res["test"][label].mean(axis=-1)
-        test_ratio = np.where(np.isfinite(t), t / ref_test, np.inf)
-        fb = res["fallback"].get(label)
-        per_task = [s[0] for s in speedups(res, label)]
-        rows.append({
-            "optimizer": label,
-            "speedup": sp.aggregate(per_task),
-            "speedups": [s.value for s in per_task],
-            "speedups_text": [sp.fmt(s) for s in per_task],
-            "median_ratio": float(np.median(ratio)),
-            "q25_ratio": float(np.quantile(ratio, 0.25)),
-            "q75_ratio": float(np.quantile(ratio, 0.75)),
-            "worst_ratio": float(np.max(ratio)),
-            "beats_tuned_adam": int(np.sum(fin < ref)),
-            "num_tasks": int(len(fin)),
-            "median_test_ratio": float(np.median(test_ratio)),
-            "diverged": int(np.sum(~np.isfinite(fin))),
-            "fallback_rate": None if fb is None else float(np.mean(fb)),
-            "final_losses": [float(x) for x in fin],
-            "tuned_lr": None if label not in res["tuned_lr"] else [float(x) for x in res["tuned_lr"][label]],
-        })
-    return rows
-
-
 def entry_label(lopt, path: str, taken: set) -> str:
     cfg = getattr(lopt, "config", None)
     label = lopt.architecture + (" +DMD" if getattr(cfg, "dmd_window", 0) else "")
@@ -270,5 +175,5 @@ def load_entries(paths: list[str]) -> tuple[list[Entry], list[dict]]:
     return entries, metas
 
 
-__all__ = ["Suite", "Entry", "suites_for", "suite_from_spec", "run_suite", "summarize_suite", "load_entries",
-           "held_out_cfgs", "seed_keys", "speedups", "DEFAULT_BASELINES", "task_label", "OOD_FAMILIES", "ADAM_DEFAULT", "ADAM_TUNED"]
+__all__ = ["Entry", "run_suite", "load_entries", "seed_keys", "speedups",
+           "DEFAULT_BASELINES", "task_label", "ADAM_DEFAULT", "ADAM_TUNED"]

@@ -1,10 +1,11 @@
-"""Train tasks with any optax transformation and record loss curves.
+"""Loss curves of any optax transformation on tasks, for reports and ``lopt apply``.
 
-Everything is one jitted function per (optimizer, family, horizon): the run over
-tasks (and over a hyper-parameter such as Adam's learning rate) is vmapped, the
-steps are a ``lax.scan``. The learned optimizer goes through ``as_optax`` so the
-evaluation exercises the same path a user's training loop does; with ``guard=True`` it is
-wrapped in the loss guard (``learned_opt.loss_guard``) and the fallback rate is reported.
+Every run is ``tasks.training.train`` (the one rollout meta-training's periodic evaluation uses
+too); this module adds the loss guard's bookkeeping and the vmapped, jitted sweeps: one function
+per (optimizer, family, horizon), vmapped over tasks (and over a hyper-parameter such as Adam's
+learning rate), the steps a ``lax.scan``. A learned optimizer goes through ``as_optax``, so the
+evaluation exercises the path a user's training loop does; with ``guard=True`` it runs behind
+the loss guard (``learned_opt.loss_guard``) and the fallback rate is reported.
 """
 from __future__ import annotations
 
@@ -15,57 +16,28 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from learned_opt.base import LearnedOptError
+from learned_opt.errors import LearnedOptError
 from learned_opt.loss_guard import fallback_rate, find_guard_state
+from tasks import training
 
-PyTree = Any
 DEFAULT_ADAM_LR = 1e-3
 
 
-def _final_split_loss(task, params, key):
-    if task.eval_loss is not None:
-        return task.eval_loss(params, "test")
-    keys = jax.random.split(key, 8)
-    return jnp.mean(jax.vmap(lambda k: task.loss(params, k, task.sample_batch(k)))(keys))
-
-
 def run_task(task, tx, key, num_steps, guard: bool = False):
-    """Train ``task`` with optax ``tx`` (extra-args aware). Returns (train losses (num_steps,),
-    final test loss, fallback rate). The training loss at step t is measured on step t's batch
-    before the update.
+    """Train ``task`` with optax ``tx`` (``tasks.training.train``). Returns (train losses
+    (num_steps,), final test loss, fallback rate). The training loss at step t is measured on
+    step t's batch before the update.
 
     ``guard=True``: ``tx`` is a loss guard (``learned_opt.loss_guard.loss_guard`` / ``guarded``);
-    each step also samples a separate guard batch (from its own key) and passes
-    ``value_fn=lambda p: task.loss(p, k_loss, guard_batch)``; the fallback rate is the fraction of
-    steps that kept the fallback's candidate. Unguarded runs return NaN for it and use exactly the
-    same batches as before the guard existed. Runs of different lengths from the same key share
-    their first steps' batches."""
-    tx = optax.with_extra_args_support(tx)
-    k_init, k_run, k_eval = jax.random.split(key, 3)
-    params = task.init(k_init)
-    opt_state = tx.init(params)
-    if guard and find_guard_state(opt_state) is None:
+    each step also samples a separate guard batch and passes it as ``value_fn``; the fallback rate
+    is the fraction of steps that kept the fallback's candidate. Unguarded runs return NaN for it.
+    Runs of different lengths from the same key share their first steps' batches."""
+    run = training.train(task, tx, key, num_steps, guarded=guard)
+    if guard and find_guard_state(run.opt_state) is None:
         raise LearnedOptError("run_task(guard=True) needs a loss-guarded transformation: build it "
                               "with learned_opt.loss_guard.loss_guard(tx, fallback) or guarded(lopt, theta)")
-
-    def body(carry, k):
-        params, opt_state = carry
-        k_batch, k_loss = jax.random.split(k)
-        batch = task.sample_batch(k_batch)
-        loss, grads = jax.value_and_grad(task.loss)(params, k_loss, batch)
-        if guard:
-            guard_batch = task.sample_batch(jax.random.fold_in(k, 1))
-            updates, opt_state = tx.update(grads, opt_state, params, value=loss,
-                                           value_fn=lambda p: task.loss(p, k_loss, guard_batch))
-        else:
-            updates, opt_state = tx.update(grads, opt_state, params, value=loss)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    # Step t's key is fold_in(k_run, t): the first T steps of a longer run are the T-step run.
-    step_keys = jax.vmap(lambda t: jax.random.fold_in(k_run, t))(jnp.arange(num_steps))
-    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), step_keys)
-    rate = fallback_rate(opt_state) if guard else jnp.full((), jnp.nan, jnp.float32)
-    return losses, _final_split_loss(task, params, k_eval), rate
+    rate = fallback_rate(run.opt_state) if guard else jnp.full((), jnp.nan, jnp.float32)
+    return run.losses, run.test_loss, rate
 
 
 def family_curves(family, cfgs, keys, make_tx: Callable[[Any], optax.GradientTransformation],

@@ -79,7 +79,7 @@ def plot_suite(curves: dict[str, np.ndarray], reference: np.ndarray, path: str, 
     """Median over tasks of each optimizer's smoothed training loss divided by ``reference``
     (per task, e.g. tuned Adam's final loss; 1 = as good as that). ``curves`` maps a label to a
     (tasks, steps) array; labels ending in " +guard" are drawn dashed in their base colour."""
-    from meta_train.evaluate import smooth
+    from meta_train.evaluation.curves import smooth
     fig, ax = plt.subplots(figsize=(7.2, 4.4))
     style = _line_styles()
     ref = np.asarray(reference, dtype=float)[:, None]

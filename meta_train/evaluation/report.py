@@ -1,8 +1,8 @@
 """`lopt report`: a self-contained Markdown report with PNG plots comparing one or more learned
 optimizers, their loss-guarded versions, Adam (lr=1e-3 and tuned per task) and tuned baselines
 on held-out suites: unseen tasks of the meta-training family, a horizon ``long_factor`` times
-longer, and tasks outside the family (see ``meta_train.compare``). Headline figure: speedup over
-tuned Adam (``meta_train.speedup``); also final loss relative to tuned Adam, cost per step
+longer, and tasks outside the family (``tasks.suites``, run by ``meta_train.evaluation.compare``).
+Headline figure: speedup over tuned Adam (``meta_train.evaluation.speedup``); also final loss relative to tuned Adam, cost per step
 relative to Adam, guard fallback rates, meta-training curves, the command and package versions."""
 from __future__ import annotations
 
@@ -17,17 +17,16 @@ import jax
 import numpy as np
 
 import tasks
-from meta_train import compare as cmp
-from learned_opt.base import LearnedOptError
 from learned_opt.baselines import LR_GRIDS
+from learned_opt.errors import LearnedOptError
+from learned_opt.files import atomic_write_text, read_jsonl
 from learned_opt.loss_guard import guarded
 from learned_opt.shipped import resolve
-from meta_train import evaluate as ev
-from meta_train.plots import plot_speedup, plot_suite
-from meta_train.run import read_metrics
-from meta_train.state_io import atomic_write_bytes
-
-HELD_OUT_SEED = cmp.HELD_OUT_SEED
+from meta_train.evaluation import compare as cmp
+from meta_train.evaluation import curves as ev
+from meta_train.evaluation import speedup as sp
+from meta_train.evaluation.plots import plot_speedup, plot_suite
+from tasks.suites import get_suite, suites_for
 
 
 def _fmt(x, digits=3):
@@ -61,9 +60,44 @@ def _speedup_cell(agg: dict) -> str:
     return f"{_speedup_median(agg)} [{agg['q25']:.2f}, {agg['q75']:.2f}]"
 
 
+def summarize_suite(res: dict) -> list[dict]:
+    """The numbers of a suite's table and of report.json (a new report column is a key here and a cell
+    in :func:`_suite_section`). Per optimizer: speedup over tuned Adam at the last step, and final training loss (mean
+    over seeds) relative to tuned Adam's, on each task and aggregated."""
+    mean = {k: ev.final_loss(v).mean(axis=-1) for k, v in res["curves"].items()}
+    ref = mean[cmp.ADAM_TUNED]
+    ref_test = res["test"][cmp.ADAM_TUNED].mean(axis=-1)
+    rows = []
+    for label in res["labels"]:
+        fin = np.where(np.isfinite(mean[label]), mean[label], np.inf)
+        ratio = fin / ref
+        t = res["test"][label].mean(axis=-1)
+        test_ratio = np.where(np.isfinite(t), t / ref_test, np.inf)
+        fb = res["fallback"].get(label)
+        per_task = [s[0] for s in cmp.speedups(res, label)]
+        rows.append({
+            "optimizer": label,
+            "speedup": sp.aggregate(per_task),
+            "speedups": [s.value for s in per_task],
+            "speedups_text": [sp.fmt(s) for s in per_task],
+            "median_ratio": float(np.median(ratio)),
+            "q25_ratio": float(np.quantile(ratio, 0.25)),
+            "q75_ratio": float(np.quantile(ratio, 0.75)),
+            "worst_ratio": float(np.max(ratio)),
+            "beats_tuned_adam": int(np.sum(fin < ref)),
+            "num_tasks": int(len(fin)),
+            "median_test_ratio": float(np.median(test_ratio)),
+            "diverged": int(np.sum(~np.isfinite(fin))),
+            "fallback_rate": None if fb is None else float(np.mean(fb)),
+            "final_losses": [float(x) for x in fin],
+            "tuned_lr": None if label not in res["tuned_lr"] else [float(x) for x in res["tuned_lr"][label]],
+        })
+    return rows
+
+
 def _suite_section(res: dict, rows: list[dict], pngs: tuple[str, str]) -> list[str]:
     s = res["suite"]
-    lines = [f"## Suite `{s.name}`", "", s.description + f"; {res['num_seeds']} seeds per task.", "",
+    lines = [f"## Suite `{s.name}`", "", s.title + f"; {res['num_seeds']} seeds per task.", "",
              "| optimizer | speedup over tuned Adam: median [q25, q75] | tasks faster than Adam | "
              "final loss / tuned Adam: median | worst task | test loss / tuned Adam (median) | "
              "diverged | guard fallback rate |",
@@ -98,8 +132,8 @@ def _speedup_medians(res: dict, points: int = 40):
 def step_costs(suite, entries, guard: bool, num_steps: int = 200, repeats: int = 3) -> list[tuple[str, float]]:
     """Wall time per training step on the suite's first task relative to Adam's: one jitted
     scan of ``num_steps`` steps per optimizer, best of ``repeats``."""
-    cfgs, keys = cmp.held_out_cfgs(suite.family, 1, suite.seed)
-    task = suite.family.task(jax.tree.map(lambda x: x[0], cfgs))
+    cfgs, keys = suite.tasks(1)
+    task = suite.task_family.task(jax.tree.map(lambda x: x[0], cfgs))
 
     def cost(tx, g=False):
         run = jax.jit(lambda k: ev.run_task(task, tx, k, num_steps, guard=g)[0])
@@ -129,7 +163,7 @@ def _meta_training_section(paths, entries, metas, out_dir) -> list[str]:
     for p, e, meta in zip(paths, entries, metas):
         tc = meta.get("train_config") or {}
         run_dir = os.path.dirname(os.path.abspath(p))
-        evals = [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if "eval_mean_loss" in r]
+        evals = [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "eval_mean_loss" in r]
         ev_txt = (f"{evals[0]['eval_mean_loss']:.4f} (step {evals[0]['step']}) -> "
                   f"{evals[-1]['eval_mean_loss']:.4f} (step {evals[-1]['step']})") if evals else "-"
         lines.append(f"| {e.label} | `{p}` | `{tc.get('family', '?')}` | {meta.get('outer_steps', '?')} "
@@ -187,14 +221,15 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
                               "it cannot be evaluated on held-out tasks of its family")
     others = {m.get("train_config", {}).get("family") for m in metas[1:]} - {tc["family"]}
     if suite_names:
-        from tasks.suites import get_suite
-        suites = [cmp.suite_from_spec(get_suite(n)) for n in suite_names]
+        suites = [get_suite(n) for n in suite_names]
     elif others:
         raise tasks.TaskError(f"checkpoints were meta-trained on different families "
                               f"({tc['family']!r} and {sorted(map(str, others))}); report them separately "
                               "or on named suites (--suite)")
     else:
-        suites = cmp.suites_for(tc, num_tasks, num_steps, long_factor, ood_tasks)
+        suites = suites_for(tc["family"], tc.get("family_kwargs", {}), num_tasks, num_steps, long_factor,
+                            ood_tasks, tc.get("min_episode_length", "?"),
+                            int(tc.get("max_episode_length", 400)))
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
     results, summary = [], {}
@@ -203,7 +238,7 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
         res = cmp.run_suite(suite, entries, guard=guard, progress=progress, num_seeds=seeds,
                             baselines=() if long else baselines, adam_factor=min(2, adam_factor) if long
                             else adam_factor)
-        rows = cmp.summarize_suite(res)
+        rows = summarize_suite(res)
         pngs = (f"suite_{suite.name}.png", f"speedup_{suite.name}.png")
         mean_curves = {k: v.mean(axis=1) for k, v in res["curves"].items()}
         plot_suite(mean_curves, ev.final_loss(mean_curves[cmp.ADAM_TUNED]), os.path.join(out_dir, pngs[0]),
@@ -256,13 +291,13 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
               f"Python {platform.python_version()}, {_versions()}, on {platform.machine()} "
               f"({jax.devices()[0].platform}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores).", ""]
     text = "\n".join(lines)
-    atomic_write_bytes(os.path.join(out_dir, "report.md"), lambda f: f.write(text.encode()))
+    atomic_write_text(os.path.join(out_dir, "report.md"), text)
     data = json.dumps({"checkpoints": paths, "optimizers": [e.label for e in entries],
-                       "suites": {s.name: {"description": s.description, "num_tasks": s.num_tasks,
+                       "suites": {s.name: {"description": s.title, "num_tasks": s.num_tasks,
                                            "num_steps": s.num_steps} for s in suites},
                        "summary": summary, "step_cost_vs_adam": dict(costs), "seeds": seeds,
-                       "wall_s": wall}, indent=2).encode()
-    atomic_write_bytes(os.path.join(out_dir, "report.json"), lambda f: f.write(data))
+                       "wall_s": wall}, indent=2)
+    atomic_write_text(os.path.join(out_dir, "report.json"), data)
     return {"summary": summary, "path": os.path.join(out_dir, "report.md"),
             "optimizers": [e.label for e in entries], "wall_s": wall}
 
@@ -279,4 +314,4 @@ def summary_lines(rep: dict) -> list[str]:
     return out
 
 
-__all__ = ["write_report", "summary_lines", "HELD_OUT_SEED"]
+__all__ = ["write_report", "summary_lines"]

@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from meta_train.evaluate import smooth
+from meta_train.evaluation.curves import smooth
 
 
 def _mean_over_seeds(curves: np.ndarray) -> np.ndarray:

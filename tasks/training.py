@@ -1,0 +1,106 @@
+"""How a task is trained: the one definition of an inner training step and of a training run,
+used by meta-training (``meta_train.unroll``: the Unroll's step), by its periodic evaluation
+(``meta_train.trainer``) and by every report and ``lopt apply`` (``meta_train.evaluation``).
+
+One step from the step's key ``k``:
+
+    k_batch, k_loss, k_opt = split(k, 3)
+    batch       = task.sample_batch(k_batch)
+    loss, grads = value_and_grad(task.loss)(params, k_loss, batch)      # loss *before* the step
+    guard batch = task.sample_batch(fold_in(k, 1))                      # only for a loss guard:
+    value_fn(p) = task.loss(p, k_loss, guard batch)                     #   candidates scored here
+    params, opt_state = update(grads, opt_state, params, loss, k_opt, value_fn)
+
+A run of ``T`` steps from ``key``: ``k_init, k_run, k_eval = split(key, 3)``, parameters from
+``task.init(k_init)``, step ``t`` keyed by ``fold_in(k_run, t)`` (so the first ``T`` steps of a
+longer run are the ``T``-step run, batch for batch), a ``lax.scan`` over the steps, and the final
+held-out loss (``task.eval_loss(params, "test")``, else the mean over 8 fresh batches) from
+``k_eval``. Everything is pure and jit-able; vmap it over tasks, seeds or hyper-parameters.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import chex
+import optax
+from chex import ArrayTree
+
+# update(grads, opt_state, params, loss, key, value_fn) -> (new_params, new_opt_state);
+# value_fn is None unless the step is loss-guarded.
+UpdateFn = Callable[..., tuple[ArrayTree, ArrayTree]]
+
+
+def optax_update(tx: optax.GradientTransformation) -> UpdateFn:
+    """The :data:`UpdateFn` of an optax transformation (extra-args aware): the loss is passed as
+    ``value=``, a guard's ``value_fn`` as ``value_fn=``; ``key`` is not passed (a learned
+    optimizer's adapter carries its own)."""
+    tx = optax.with_extra_args_support(tx)
+
+    def update(grads, opt_state, params, loss, key, value_fn):
+        del key
+        extra = {} if value_fn is None else {"value_fn": value_fn}
+        updates, opt_state = tx.update(grads, opt_state, params, value=loss, **extra)
+        return optax.apply_updates(params, updates), opt_state
+
+    return update
+
+
+def guard_key(key: jax.Array) -> jax.Array:
+    """The key of a step's guard batch (separate from its training batch)."""
+    return jax.random.fold_in(key, 1)
+
+
+def train_step(task, update: UpdateFn, params, opt_state, key: jax.Array, guarded: bool = False):
+    """One training step of ``task`` (see the module docstring). Returns (params, opt_state,
+    loss before the step)."""
+    k_batch, k_loss, k_opt = jax.random.split(key, 3)
+    batch = task.sample_batch(k_batch)
+    loss, grads = jax.value_and_grad(task.loss)(params, k_loss, batch)
+    value_fn = None
+    if guarded:
+        guard_batch = task.sample_batch(guard_key(key))
+        value_fn = lambda p: task.loss(p, k_loss, guard_batch)  # noqa: E731
+    new_params, opt_state = update(grads, opt_state, params, loss, k_opt, value_fn)
+    chex.assert_trees_all_equal_shapes_and_dtypes(new_params, params)   # at trace time
+    return new_params, opt_state, loss
+
+
+def final_split_loss(task, params, key: jax.Array) -> jax.Array:
+    """The held-out loss at the end of a run: the test split when the task has one, else the
+    mean loss over 8 fresh batches."""
+    if task.eval_loss is not None:
+        return task.eval_loss(params, "test")
+    keys = jax.random.split(key, 8)
+    return jnp.mean(jax.vmap(lambda k: task.loss(params, k, task.sample_batch(k)))(keys))
+
+
+class Run(NamedTuple):
+    """What :func:`train` returns."""
+    losses: jax.Array      # (num_steps,) training loss at each step, before the update
+    test_loss: jax.Array   # final held-out loss (see final_split_loss)
+    params: ArrayTree      # parameters after the last step
+    opt_state: ArrayTree   # optimizer state after the last step
+
+
+def train(task, tx: optax.GradientTransformation, key: jax.Array, num_steps: int,
+          guarded: bool = False) -> Run:
+    """Train ``task`` for ``num_steps`` with optax ``tx`` from ``key`` (see the module docstring).
+    ``guarded``: ``tx`` is a loss guard and every step passes it the guard batch's ``value_fn``."""
+    k_init, k_run, k_eval = jax.random.split(key, 3)
+    params = task.init(k_init)
+    opt_state = optax.with_extra_args_support(tx).init(params)
+    update = optax_update(tx)
+
+    def body(carry, t):
+        params, opt_state = carry
+        params, opt_state, loss = train_step(task, update, params, opt_state,
+                                             jax.random.fold_in(k_run, t), guarded)
+        return (params, opt_state), loss
+
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jnp.arange(num_steps))
+    return Run(losses, final_split_loss(task, params, k_eval), params, opt_state)
+
+
+__all__ = ["UpdateFn", "optax_update", "guard_key", "train_step", "final_split_loss", "Run", "train"]
