@@ -9,7 +9,8 @@ from meta_training_helper import quadratic_meta_training
 
 def test_meta_training_lowers_quadratic_meta_loss():
     before, after, state = quadratic_meta_training("mlp", 300)
-    # Measured here: 1.017 -> 0.837 (seed 0); we require a drop of at least 0.1.
+    # Measured here: 0.775 -> 0.604 (seed 0; 1.017 -> 0.837 with the periodic evaluation before
+    # issue 12's shared rollout); we require a drop of at least 0.1.
     assert after < before - 0.1, (before, after)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.theta))
 
