@@ -4,6 +4,8 @@
     lopt = learned_opt.make("mlp")
     theta = lopt.init(jax.random.PRNGKey(0))
     tx = learned_opt.as_optax(lopt, theta)           # an optax transformation
+    tx = learned_opt.guarded(lopt, theta)            # behind the per-step loss guard (LGL2O)
+    tx = learned_opt.trajectory_guarded(lopt, theta, num_steps=T)   # ... or the trajectory guard
     learned_opt.save("opt.npz", lopt, theta, {"outer_steps": 0})
     lopt, theta, meta = learned_opt.load("opt.npz")
     tx = learned_opt.load("mlp").as_optax()          # a shipped optimizer, by name
@@ -21,6 +23,9 @@ from learned_opt.checkpoint import Loaded, load, load_theta, read_header, save
 from learned_opt.shipped import shipped_names
 from learned_opt.mlp import MLP, MLPConfig, MLPState
 from learned_opt.optax_adapter import LearnedOptaxState, as_optax
+from learned_opt.trajectory_guard import (TrajectoryGuardState, find_trajectory_guard_state,
+                                          smoothed_losses, switch_rate, trajectory_guard,
+                                          trajectory_guarded)
 from learned_opt.rnn_mlp import RNNMLP, RNNMLPConfig, RNNMLPState
 
 __all__ = [
@@ -30,6 +35,8 @@ __all__ = [
     "AdafactorMLP", "AdafactorMLPConfig", "AdafactorMLPState",
     "RNNMLP", "RNNMLPConfig", "RNNMLPState",
     "LossGuardState", "fallback_rate", "guarded", "loss_guard",
+    "TrajectoryGuardState", "find_trajectory_guard_state", "smoothed_losses", "switch_rate",
+    "trajectory_guard", "trajectory_guarded",
     "LSTM", "LSTMConfig", "LSTMState", "preprocess_gradient",
     "DEFAULT_LEARNING_RATES", "baseline_names", "make_baseline",
     "Loaded", "load", "load_theta", "read_header", "save", "shipped_names",

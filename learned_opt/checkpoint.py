@@ -113,6 +113,13 @@ class Loaded(NamedTuple):
         from learned_opt.loss_guard import guarded
         return guarded(self.lopt, self.theta, fallback)
 
+    def trajectory_guarded(self, fallback=None, **kwargs):
+        """Trajectory-guarded version: ``fallback`` (default Adam 1e-3) runs alongside and the run
+        continues from its parameters whenever it trails by more than the tolerance at a check;
+        pass ``value_fn`` and ``grad_fn`` to its update (see ``learned_opt.trajectory_guard``)."""
+        from learned_opt.trajectory_guard import trajectory_guarded
+        return trajectory_guarded(self.lopt, self.theta, fallback, **kwargs)
+
 
 def load(path: str) -> Loaded:
     """Restore ``(lopt, theta, metadata)`` from a checkpoint file, or from the shipped

@@ -2,7 +2,7 @@
 
     lopt train   [--config NAME] [--out DIR] [--set key=value ...] [--resume]
                  [--distributed --coordinator HOST:PORT --num-processes N --process-id I]
-    lopt apply   CHECKPOINT --task NAME [--steps N]
+    lopt apply   CHECKPOINT --task NAME [--steps N] [--guard [step|trajectory] [--check-every N]]
     lopt report  CHECKPOINT [--out DIR] [--num-tasks N] [--steps N]
     lopt tasks
 
@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   lopt train --out runs/default --resume      # continue a killed run
   lopt apply runs/default/optimizer.npz --task mnist1d_mlp_tanh --steps 1000
   lopt apply runs/default/optimizer.npz --task digits_mlp_relu --guard
+  lopt apply rnn_mlp --task digits_mlp_relu --guard trajectory --check-every 50
   lopt report runs/default/optimizer.npz --num-tasks 8
   lopt report runs/cmp/*/optimizer.npz --out runs/cmp/report   # compare several
   lopt train --config lstm_dmd                # other architectures: lopt train --list-configs
@@ -121,13 +122,22 @@ def cmd_report(args) -> int:
 
 
 def cmd_apply(args) -> int:
+    from learned_opt.errors import LearnedOptError
+    from learned_opt.trajectory_guard import DEFAULT_CHECK_EVERY
     from meta_train.evaluation.apply import apply_to_task
 
+    if args.check_every is not None and args.guard != "trajectory":
+        raise LearnedOptError("--check-every is the trajectory guard's: add --guard trajectory")
     out = args.out or os.path.join("runs", f"apply-{args.task}")
     r = apply_to_task(args.checkpoint, args.task, steps=args.steps, seed=args.seed,
-                      adam_lr=args.adam_lr, guard=args.guard, out=out)
-    if args.guard:
+                      adam_lr=args.adam_lr, guard=args.guard or False, out=out,
+                      check_every=args.check_every or DEFAULT_CHECK_EVERY)
+    if args.guard == "step":
         print(f"loss guard: fell back to Adam on {100 * r['fallback_rate']:.1f}% of steps")
+    elif args.guard == "trajectory":
+        last = (f", last after step {r['last_switch_step'] + 1}" if r["switches"] else "")
+        print(f"trajectory guard: switched to Adam's run at {r['switches']} of {r['checks']} checks "
+              f"({100 * r['switch_rate']:.1f}%, every {r['check_every']} steps and the last){last}")
     lo, ad = r["learned"], r["adam"]
     print(f"{args.task}, {args.steps} steps: final training loss learned {lo['final_train_loss']:.4f} "
           f"vs Adam(lr={args.adam_lr:g}) {ad['final_train_loss']:.4f}; test loss "
@@ -212,8 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--steps", type=int, default=1000, help="training steps (default: %(default)s)")
     a.add_argument("--seed", type=int, default=0, help="initialisation and batch seed")
     a.add_argument("--adam-lr", type=float, default=1e-3, help="Adam's learning rate (default: %(default)s)")
-    a.add_argument("--guard", action="store_true",
-                   help="wrap the learned optimizer in the loss guard (LGL2O) with Adam(--adam-lr) as fallback")
+    a.add_argument("--guard", nargs="?", const="step", choices=("step", "trajectory"),
+                   help="run the learned optimizer behind a guard with Adam(--adam-lr) as fallback: "
+                        "'step' (the default when bare) the per-step loss guard (LGL2O: each step "
+                        "keeps the lower of the two proposals), 'trajectory' the trajectory guard "
+                        "(Adam runs alongside; at every check the run moves onto Adam's if it "
+                        "trails by more than 5%%; about 2x the cost per step)")
+    a.add_argument("--check-every", type=int, metavar="N",
+                   help="with --guard trajectory: steps between its checks; the last step is "
+                        "always one (default: 50, learned_opt.trajectory_guard.DEFAULT_CHECK_EVERY)")
     a.add_argument("--out", help="output directory (default: runs/apply-TASK)")
     a.set_defaults(fn=cmd_apply)
 
@@ -256,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from learned_opt.errors import LearnedOptError
     args = build_parser().parse_args(argv)
-    for name in ("steps", "num_tasks", "report_tasks", "long_factor", "seeds", "adam_factor"):
+    for name in ("steps", "num_tasks", "report_tasks", "long_factor", "seeds", "adam_factor",
+                 "check_every"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             print(f"lopt: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)

@@ -105,9 +105,10 @@ def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
         """One step's rule for ``tasks.training.train_step``: the learned optimizer's own
         ``opt_update``, or the loss guard around its optax form (key passed explicitly)."""
         if guard is None:
-            return lambda g, s, p, loss, key, value_fn: lopt.opt_update(theta, s, g, p, loss, key)
+            return lambda g, s, p, loss, key, value_fn, grad_fn: lopt.opt_update(theta, s, g, p, loss, key)
 
-        def guarded_update(g, s, p, loss, key, value_fn):
+        def guarded_update(g, s, p, loss, key, value_fn, grad_fn):
+            del grad_fn   # the per-step loss guard scores candidates with value_fn only
             updates, s = guard_tx(theta).update(g, s, p, value=loss, key=key, value_fn=value_fn)
             return optax.apply_updates(p, updates), s
         return guarded_update

@@ -7,9 +7,17 @@ One step from the step's key ``k``:
     k_batch, k_loss, k_opt = split(k, 3)
     batch       = task.sample_batch(k_batch)
     loss, grads = value_and_grad(task.loss)(params, k_loss, batch)      # loss *before* the step
-    guard batch = task.sample_batch(fold_in(k, 1))                      # only for a loss guard:
+    guard batch = task.sample_batch(fold_in(k, 1))                      # only for a guard:
     value_fn(p) = task.loss(p, k_loss, guard batch)                     #   candidates scored here
-    params, opt_state = update(grads, opt_state, params, loss, k_opt, value_fn)
+    grad_fn(p)  = value_and_grad(task.loss)(p, k_loss, batch)           #   a fallback run's gradient
+    params, opt_state = update(grads, opt_state, params, loss, k_opt, value_fn, grad_fn)
+
+A guarded step gives the guard both functions, so either kind works: the per-step loss guard
+(``learned_opt.loss_guard``) uses ``value_fn`` and ignores ``grad_fn``; the trajectory guard
+(``learned_opt.trajectory_guard``) also takes the fallback run's gradient at its own parameters
+with ``grad_fn`` (same batch and loss key as the step's own gradient). Unguarded and
+per-step-guarded steps compute exactly what they did before ``grad_fn`` existed (it is only
+called by a trajectory guard).
 
 A run of ``T`` steps from ``key``: ``k_init, k_run, k_eval = split(key, 3)``, parameters from
 ``task.init(k_init)``, step ``t`` keyed by ``fold_in(k_run, t)`` (so the first ``T`` steps of a
@@ -27,20 +35,22 @@ import chex
 import optax
 from chex import ArrayTree
 
-# update(grads, opt_state, params, loss, key, value_fn) -> (new_params, new_opt_state);
-# value_fn is None unless the step is loss-guarded.
+# update(grads, opt_state, params, loss, key, value_fn, grad_fn) -> (new_params, new_opt_state);
+# value_fn and grad_fn are None unless the step is guarded.
 UpdateFn = Callable[..., tuple[ArrayTree, ArrayTree]]
 
 
 def optax_update(tx: optax.GradientTransformation) -> UpdateFn:
     """The :data:`UpdateFn` of an optax transformation (extra-args aware): the loss is passed as
-    ``value=``, a guard's ``value_fn`` as ``value_fn=``; ``key`` is not passed (a learned
-    optimizer's adapter carries its own)."""
+    ``value=``, a guard's ``value_fn`` and ``grad_fn`` as ``value_fn=`` and ``grad_fn=``; ``key``
+    is not passed (a learned optimizer's adapter carries its own)."""
     tx = optax.with_extra_args_support(tx)
 
-    def update(grads, opt_state, params, loss, key, value_fn):
+    def update(grads, opt_state, params, loss, key, value_fn, grad_fn):
         del key
         extra = {} if value_fn is None else {"value_fn": value_fn}
+        if grad_fn is not None:
+            extra["grad_fn"] = grad_fn
         updates, opt_state = tx.update(grads, opt_state, params, value=loss, **extra)
         return optax.apply_updates(params, updates), opt_state
 
@@ -58,11 +68,12 @@ def train_step(task, update: UpdateFn, params, opt_state, key: jax.Array, guarde
     k_batch, k_loss, k_opt = jax.random.split(key, 3)
     batch = task.sample_batch(k_batch)
     loss, grads = jax.value_and_grad(task.loss)(params, k_loss, batch)
-    value_fn = None
+    value_fn = grad_fn = None
     if guarded:
         guard_batch = task.sample_batch(guard_key(key))
         value_fn = lambda p: task.loss(p, k_loss, guard_batch)  # noqa: E731
-    new_params, opt_state = update(grads, opt_state, params, loss, k_opt, value_fn)
+        grad_fn = lambda p: jax.value_and_grad(task.loss)(p, k_loss, batch)  # noqa: E731
+    new_params, opt_state = update(grads, opt_state, params, loss, k_opt, value_fn, grad_fn)
     chex.assert_trees_all_equal_shapes_and_dtypes(new_params, params)   # at trace time
     return new_params, opt_state, loss
 
@@ -87,7 +98,8 @@ class Run(NamedTuple):
 def train(task, tx: optax.GradientTransformation, key: jax.Array, num_steps: int,
           guarded: bool = False) -> Run:
     """Train ``task`` for ``num_steps`` with optax ``tx`` from ``key`` (see the module docstring).
-    ``guarded``: ``tx`` is a loss guard and every step passes it the guard batch's ``value_fn``."""
+    ``guarded``: ``tx`` is a guard (per-step ``loss_guard`` or ``trajectory_guard``) and every
+    step passes it the guard batch's ``value_fn`` and the training batch's ``grad_fn``."""
     k_init, k_run, k_eval = jax.random.split(key, 3)
     params = task.init(k_init)
     opt_state = optax.with_extra_args_support(tx).init(params)

@@ -1,11 +1,14 @@
 """Apply a trained optimizer to a new task beside Adam: what ``lopt apply`` does, as a function.
 
-    result = apply_to_task("rnn_mlp", "mnist1d_mlp_tanh", steps=1000, guard=True, out="runs/x")
+    result = apply_to_task("rnn_mlp", "mnist1d_mlp_tanh", steps=1000, guard="trajectory", out="runs/x")
 
 Both optimizers train the named task from the same initialisation on the same batches
-(``tasks.training.train``); with ``guard`` the learned optimizer runs behind the loss guard with
-Adam at ``adam_lr`` as the fallback. Writes ``curves.png`` (smoothed training losses) and
-``curves.json`` (the full curves and final numbers) into ``out`` when it is given.
+(``tasks.training.train``); with ``guard`` the learned optimizer runs behind a guard with Adam
+at ``adam_lr`` as the fallback: ``"step"`` (or ``True``) the per-step loss guard (LGL2O,
+``learned_opt.loss_guard``), ``"trajectory"`` the trajectory guard
+(``learned_opt.trajectory_guard``: Adam's own run alongside, checked every ``check_every`` steps
+and at the last step). Writes ``curves.png`` (smoothed training losses) and ``curves.json`` (the
+full curves and final numbers) into ``out`` when it is given.
 """
 from __future__ import annotations
 
@@ -18,27 +21,61 @@ import optax
 
 import learned_opt
 import tasks
+from learned_opt.errors import LearnedOptError
 from learned_opt.files import atomic_write_text
 from learned_opt.loss_guard import guarded
+from learned_opt.trajectory_guard import (DEFAULT_CHECK_EVERY, find_trajectory_guard_state,
+                                          trajectory_guarded)
 from meta_train.evaluation import curves as ev
 from meta_train.evaluation.plots import plot_curves
+from tasks import training
+
+GUARDS = ("step", "trajectory")
+
+
+def guard_kind(guard) -> str | None:
+    """``False``/``None`` -> None, ``True`` -> ``"step"`` (the per-step loss guard, as before the
+    trajectory guard existed), ``"step"``/``"trajectory"`` unchanged; anything else is an error."""
+    if guard is None or guard is False:
+        return None
+    if guard is True:
+        return "step"
+    if guard in GUARDS:
+        return guard
+    raise LearnedOptError(f"unknown guard {guard!r}; choose one of {', '.join(GUARDS)} "
+                          "(or False for none)")
 
 
 def apply_to_task(checkpoint: str, task_name: str, steps: int = 1000, seed: int = 0,
-                  adam_lr: float = 1e-3, guard: bool = False, out: str | None = None) -> dict:
+                  adam_lr: float = 1e-3, guard: bool | str = False, out: str | None = None,
+                  check_every: int = DEFAULT_CHECK_EVERY) -> dict:
     """Train ``task_name`` (see ``tasks.list_tasks``) for ``steps`` with the optimizer in
     ``checkpoint`` (a file or a shipped name) and with Adam(``adam_lr``). Returns
     ``{"task", "steps", "seed", "checkpoint", "learned": {...}, "adam": {...}}`` with each
     optimizer's final training loss (mean over the last 5% of steps), test loss and curve, and,
-    with ``guard``, ``"fallback_rate"`` (fraction of steps that kept Adam's proposal)."""
+    with a guard, ``"guard"`` (its kind) and: for ``"step"`` (or ``True``) ``"fallback_rate"``
+    (fraction of steps that kept Adam's proposal); for ``"trajectory"`` ``"switch_rate"``
+    (fraction of checks that moved the run onto Adam's run), ``"switches"``, ``"checks"``,
+    ``"last_switch_step"`` (0-based, -1 if none) and ``"check_every"``."""
+    kind = guard_kind(guard)
     lopt, theta, _ = learned_opt.load(checkpoint)
     task = tasks.get_task(task_name)
     key = jax.random.PRNGKey(seed)
-    if guard:
+    extra = {}
+    if kind == "step":
         lo, lo_test, rate = jax.jit(lambda k: ev.run_task(
             task, guarded(lopt, theta, optax.adam(adam_lr)), k, steps, guard=True))(key)
+        extra = {"fallback_rate": float(rate)}
+    elif kind == "trajectory":
+        tx = trajectory_guarded(lopt, theta, optax.adam(adam_lr), check_every=check_every,
+                                num_steps=steps)
+        run = jax.jit(lambda k: training.train(task, tx, k, steps, guarded=True))(key)
+        lo, lo_test, g = run.losses, run.test_loss, find_trajectory_guard_state(run.opt_state)
+        extra = {"switch_rate": float(int(g.switches) / max(int(g.checks), 1)),
+                 "switches": int(g.switches), "checks": int(g.checks),
+                 "last_switch_step": int(g.last_switch_step), "check_every": check_every}
     else:
-        lo, lo_test, rate = jax.jit(lambda k: ev.run_task(task, lopt.as_optax(theta), k, steps))(key)
+        lo, lo_test, _ = jax.jit(lambda k: ev.run_task(task, lopt.as_optax(theta), k, steps))(key)
     ad, ad_test, _ = jax.jit(lambda k: ev.run_task(task, optax.adam(adam_lr), k, steps))(key)
     lo, ad = np.asarray(lo), np.asarray(ad)
     result = {"task": task_name, "steps": steps, "seed": seed, "checkpoint": checkpoint,
@@ -46,8 +83,8 @@ def apply_to_task(checkpoint: str, task_name: str, steps: int = 1000, seed: int 
                           "curve": lo.tolist()},
               "adam": {"learning_rate": adam_lr, "final_train_loss": float(ev.final_loss(ad)),
                        "test_loss": float(ad_test), "curve": ad.tolist()}}
-    if guard:
-        result["fallback_rate"] = float(rate)
+    if kind is not None:
+        result.update({"guard": kind}, **extra)
     if out is not None:
         os.makedirs(out, exist_ok=True)
         window = max(1, steps // 50)
@@ -57,4 +94,4 @@ def apply_to_task(checkpoint: str, task_name: str, steps: int = 1000, seed: int 
     return result
 
 
-__all__ = ["apply_to_task"]
+__all__ = ["GUARDS", "guard_kind", "apply_to_task"]

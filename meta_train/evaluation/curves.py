@@ -4,8 +4,10 @@ Every run is ``tasks.training.train`` (the one rollout meta-training's periodic 
 too); this module adds the loss guard's bookkeeping and the vmapped, jitted sweeps: one function
 per (optimizer, family, horizon), vmapped over tasks (and over a hyper-parameter such as Adam's
 learning rate), the steps a ``lax.scan``. A learned optimizer goes through ``as_optax``, so the
-evaluation exercises the path a user's training loop does; with ``guard=True`` it runs behind
-the loss guard (``learned_opt.loss_guard``) and the fallback rate is reported.
+evaluation exercises the path a user's training loop does; with ``guard=True`` it runs behind a
+guard and the guard's rate is reported: the fallback rate of the per-step loss guard
+(``learned_opt.loss_guard``), or the switch rate of the trajectory guard
+(``learned_opt.trajectory_guard``).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import optax
 
 from learned_opt.errors import LearnedOptError
 from learned_opt.loss_guard import fallback_rate, find_guard_state
+from learned_opt.trajectory_guard import find_trajectory_guard_state, switch_rate
 from tasks import training
 
 DEFAULT_ADAM_LR = 1e-3
@@ -25,18 +28,29 @@ DEFAULT_ADAM_LR = 1e-3
 
 def run_task(task, tx, key, num_steps, guard: bool = False):
     """Train ``task`` with optax ``tx`` (``tasks.training.train``). Returns (train losses
-    (num_steps,), final test loss, fallback rate). The training loss at step t is measured on
+    (num_steps,), final test loss, guard rate). The training loss at step t is measured on
     step t's batch before the update.
 
-    ``guard=True``: ``tx`` is a loss guard (``learned_opt.loss_guard.loss_guard`` / ``guarded``);
-    each step also samples a separate guard batch and passes it as ``value_fn``; the fallback rate
-    is the fraction of steps that kept the fallback's candidate. Unguarded runs return NaN for it.
-    Runs of different lengths from the same key share their first steps' batches."""
+    ``guard=True``: ``tx`` contains a guard; each step also samples a separate guard batch and
+    passes it as ``value_fn`` (and the training batch's ``grad_fn``). The rate is the per-step
+    loss guard's fallback rate (``learned_opt.loss_guard``: the fraction of steps that kept the
+    fallback's candidate) or the trajectory guard's switch rate
+    (``learned_opt.trajectory_guard``: the fraction of its checks that moved the run onto the
+    fallback run's parameters). Unguarded runs return NaN for it. Runs of different lengths
+    from the same key share their first steps' batches."""
     run = training.train(task, tx, key, num_steps, guarded=guard)
-    if guard and find_guard_state(run.opt_state) is None:
-        raise LearnedOptError("run_task(guard=True) needs a loss-guarded transformation: build it "
-                              "with learned_opt.loss_guard.loss_guard(tx, fallback) or guarded(lopt, theta)")
-    rate = fallback_rate(run.opt_state) if guard else jnp.full((), jnp.nan, jnp.float32)
+    if not guard:
+        return run.losses, run.test_loss, jnp.full((), jnp.nan, jnp.float32)
+    step_guard = find_guard_state(run.opt_state)
+    trajectory = find_trajectory_guard_state(run.opt_state)
+    if (step_guard is None) == (trajectory is None):
+        what = "both a loss guard and a trajectory guard" if step_guard is not None else "no guard"
+        raise LearnedOptError(f"run_task(guard=True) needs a loss-guarded transformation with "
+                              f"exactly one guard, this one has {what}: build it with "
+                              "learned_opt.loss_guard.guarded(lopt, theta) / loss_guard(tx, fallback) "
+                              "or learned_opt.trajectory_guard.trajectory_guarded(lopt, theta) / "
+                              "trajectory_guard(tx, fallback)")
+    rate = fallback_rate(step_guard) if step_guard is not None else switch_rate(trajectory)
     return run.losses, run.test_loss, rate
 
 
@@ -46,7 +60,7 @@ def family_curves(family, cfgs, keys, make_tx: Callable[[Any], optax.GradientTra
 
     With ``hparam_axis=0`` the leading axis of ``hparams`` is an extra vmapped axis
     (e.g. a learning-rate grid) and outputs have shape (num_hparams, num_tasks, ...).
-    Returns numpy (losses, test losses, fallback rates); ``guard`` as in :func:`run_task`
+    Returns numpy (losses, test losses, guard rates); ``guard`` as in :func:`run_task`
     (the rates are NaN when unguarded).
     """
     def one(cfg, key, hp):
