@@ -56,7 +56,8 @@ class LossGuardState(NamedTuple):
     used_fallback: jax.Array
 
 
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
+    """True when every inexact leaf of ``tree`` is finite (jit-able)."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
               if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
@@ -103,7 +104,7 @@ def loss_guard(candidate: optax.GradientTransformation,
         u_a, s_a = fb.update(updates, state.fallback, params, **extra)
         l_l = jnp.asarray(value_fn(optax.apply_updates(params, u_l)), jnp.float32)
         l_a = jnp.asarray(value_fn(optax.apply_updates(params, u_a)), jnp.float32)
-        ok_l = jnp.isfinite(l_l) & _all_finite(u_l)
+        ok_l = jnp.isfinite(l_l) & all_finite(u_l)
         keep = ok_l & ((l_l <= l_a) | ~jnp.isfinite(l_a))
         new_updates = jax.tree.map(
             lambda a, b: jnp.where(keep, a, b.astype(jnp.result_type(a))), u_l, u_a)
@@ -116,15 +117,22 @@ def loss_guard(candidate: optax.GradientTransformation,
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def find_state(state: PyTree, cls: type, what: str, reader: str):
+    """The ``cls`` state inside an optax state (itself, or nested e.g. in ``optax.chain``'s
+    tuple); None if there is none. Raises if there are several (``what``: its name in the
+    message, ``reader``: the function the caller should pass the right one to)."""
+    found = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, cls))
+             if isinstance(x, cls)]
+    if len(found) > 1:
+        raise LearnedOptError(f"found {len(found)} {what} states in one optax state; "
+                              f"pass the one you mean to {reader}")
+    return found[0] if found else None
+
+
 def find_guard_state(state: PyTree) -> LossGuardState | None:
     """The ``LossGuardState`` inside an optax state (itself, or nested e.g. in
     ``optax.chain``'s tuple); None if there is none. Raises if there are several."""
-    found = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, LossGuardState))
-             if isinstance(x, LossGuardState)]
-    if len(found) > 1:
-        raise LearnedOptError(f"found {len(found)} loss-guard states in one optax state; "
-                              "pass the one you mean to fallback_rate")
-    return found[0] if found else None
+    return find_state(state, LossGuardState, "loss-guard", "fallback_rate")
 
 
 def fallback_rate(state: PyTree) -> jax.Array:
@@ -145,4 +153,5 @@ def guarded(lopt, theta: PyTree, fallback: optax.GradientTransformation | None =
     return loss_guard(as_optax(lopt, theta, num_steps), fallback)
 
 
-__all__ = ["LossGuardState", "loss_guard", "fallback_rate", "find_guard_state", "guarded"]
+__all__ = ["LossGuardState", "loss_guard", "fallback_rate", "find_guard_state", "find_state", "all_finite",
+           "guarded"]

@@ -90,6 +90,7 @@ import optax
 from chex import ArrayTree as PyTree
 
 from learned_opt.errors import LearnedOptError
+from learned_opt.loss_guard import all_finite, find_state
 from learned_opt.optax_adapter import as_optax
 
 DEFAULT_CHECK_EVERY = 50
@@ -126,12 +127,6 @@ class TrajectoryGuardState(NamedTuple):
     switches: jax.Array
     last_switch_step: jax.Array
     following_learned: jax.Array
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def _select(pred, a, b):
@@ -218,7 +213,7 @@ def trajectory_guard(candidate: optax.GradientTransformation,
         m_l = beta * state.ema_learned + (1.0 - beta) * loss_x
         m_f = beta * state.ema_fallback + (1.0 - beta) * loss_y
         s_run, s_fb = m_l / weight, m_f / weight
-        finite_x = jnp.isfinite(loss_x) & _all_finite(x_new)
+        finite_x = jnp.isfinite(loss_x) & all_finite(x_new)
         kept_ok = (finite_x & jnp.isfinite(s_run)
                    & ((s_run - s_fb <= tol * jnp.abs(s_fb)) | ~jnp.isfinite(s_fb)))
         scheduled = (t + 1) % check_every == 0
@@ -256,12 +251,7 @@ def smoothed_losses(state: PyTree) -> tuple[jax.Array, jax.Array]:
 def find_trajectory_guard_state(state: PyTree) -> TrajectoryGuardState | None:
     """The ``TrajectoryGuardState`` inside an optax state (itself, or nested e.g. in
     ``optax.chain``'s tuple); None if there is none. Raises if there are several."""
-    found = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, TrajectoryGuardState))
-             if isinstance(x, TrajectoryGuardState)]
-    if len(found) > 1:
-        raise LearnedOptError(f"found {len(found)} trajectory-guard states in one optax state; "
-                              "pass the one you mean to switch_rate")
-    return found[0] if found else None
+    return find_state(state, TrajectoryGuardState, "trajectory-guard", "switch_rate")
 
 
 def _require(state, what: str) -> TrajectoryGuardState:
