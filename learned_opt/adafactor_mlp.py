@@ -80,7 +80,8 @@ import jax.numpy as jnp
 from chex import Array, ArrayTree as PyTree
 
 from learned_opt import features as F
-from learned_opt.base import LOptConfig, PerParameterMLP, are_ints, register
+from learned_opt.base import LOptConfig, PerParameterMLP, register
+from learned_opt.checks import are_ints
 from learned_opt.dmd import DMDState
 from learned_opt.nets import init_step_mlp
 

@@ -37,20 +37,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import ClassVar, Iterator
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from chex import Array, ArrayTree as PyTree, PRNGKey
 
 from learned_opt import dmd
+from learned_opt.checks import Check, check_values
 from learned_opt.errors import CheckpointError, LearnedOptError  # noqa: F401 (re-exported)
 from learned_opt.nets import apply_step_mlp, lolv2_step
-
-Check = tuple[str, bool, str]   # (field, ok, requirement)
-
 
 # ----------------------------------------------------------------------------- configs
 def config_to_dict(cfg) -> dict:
@@ -66,33 +62,6 @@ def config_from_dict(cls, d: dict):
             f"unknown {cls.__name__} key(s) {unknown}; valid keys: {sorted(names)}")
     clean = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     return cls(**clean)
-
-
-def check_values(values: Any, checks: Iterable[Check], owner: str = "") -> None:
-    """Raise ``LearnedOptError("<owner>.<field> must be <requirement>, got <value>")`` for the
-    first failing check; ``values`` has the fields as attributes. ``checks`` is consumed
-    lazily, so a check may assume that the ones before it passed."""
-    for field, ok, requirement in checks:
-        if not ok:
-            prefix = f"{owner}." if owner else ""
-            raise LearnedOptError(
-                f"{prefix}{field} must be {requirement}, got {getattr(values, field)!r}")
-
-
-def is_int(x, low: int = 1) -> bool:
-    """An integer (Python or numpy, not bool) ``>= low``."""
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= low
-
-
-def is_real(x) -> bool:
-    """A finite real number (Python or numpy, not bool)."""
-    number = isinstance(x, (int, float, np.integer, np.floating))
-    return number and not isinstance(x, bool) and math.isfinite(x)
-
-
-def are_ints(xs, low: int = 1) -> bool:
-    """A non-empty sequence of integers ``>= low``."""
-    return bool(xs) and all(is_int(x, low) for x in xs)
 
 
 class LOptConfig:
@@ -259,6 +228,5 @@ def make(architecture: str, config: dict | None = None) -> LearnedOptimizer:
     return cls(config_from_dict(cls.Config, config or {}))
 
 
-__all__ = ["LearnedOptimizer", "PerParameterMLP", "LOptConfig", "Check", "check_values",
-           "is_int", "is_real", "are_ints", "register", "architectures", "make",
+__all__ = ["LearnedOptimizer", "PerParameterMLP", "LOptConfig", "register", "architectures", "make",
            "config_to_dict", "config_from_dict", "LearnedOptError", "CheckpointError"]

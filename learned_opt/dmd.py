@@ -53,8 +53,9 @@ from typing import Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from chex import ArrayTree as PyTree
+
+from learned_opt.checks import check_values, is_int
 
 SVD_TOL = 1e-3        # singular values below SVD_TOL * s_1 are treated as zero
 _TINY = 1e-30
@@ -71,13 +72,10 @@ class DMDState(NamedTuple):
 
 def checks(window: int, rank: int) -> Iterator[tuple[str, bool, str]]:
     """The rules for the config fields ``dmd_window`` and ``dmd_rank`` as ``(field, ok,
-    requirement)`` (see ``learned_opt.base.check_values``): ``window == 0`` (off) or
+    requirement)`` (see ``learned_opt.checks.check_values``): ``window == 0`` (off) or
     ``3 <= window``, and ``1 <= rank < window``."""
-    def integer(x):
-        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-    yield "dmd_window", integer(window) and window >= 0, "an integer >= 0 (0 = off)"
-    yield "dmd_rank", integer(rank) and rank >= 1, "a positive integer"
+    yield "dmd_window", is_int(window, 0), "an integer >= 0 (0 = off)"
+    yield "dmd_rank", is_int(rank, 1), "a positive integer"
     if window == 0:
         return
     yield "dmd_window", window >= 3, "0 (off) or >= 3 snapshots"
@@ -87,7 +85,6 @@ def checks(window: int, rank: int) -> Iterator[tuple[str, bool, str]]:
 
 def validate(window: int, rank: int) -> None:
     """Raise LearnedOptError unless ``window == 0`` (off) or ``3 <= window`` and ``1 <= rank < window``."""
-    from learned_opt.base import check_values  # base imports this module
     check_values(types.SimpleNamespace(dmd_window=window, dmd_rank=rank), checks(window, rank))
 
 

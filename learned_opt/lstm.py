@@ -52,7 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 from chex import Array, ArrayTree as PyTree
 
-from learned_opt.base import LearnedOptimizer, LOptConfig, is_int, is_real, register
+from learned_opt.base import LearnedOptimizer, LOptConfig, register
+from learned_opt.checks import is_int, is_real
 from learned_opt.dmd import DMDState
 from learned_opt.nets import apply_linear, apply_lstm_cell, init_linear, init_lstm
 

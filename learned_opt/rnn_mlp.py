@@ -71,7 +71,8 @@ import jax.numpy as jnp
 from chex import Array, ArrayTree as PyTree
 
 from learned_opt import features as F
-from learned_opt.base import LOptConfig, PerParameterMLP, are_ints, is_int, register
+from learned_opt.base import LOptConfig, PerParameterMLP, register
+from learned_opt.checks import are_ints, is_int
 from learned_opt.dmd import DMDState
 from learned_opt.nets import apply_linear, apply_lstm_cell, init_linear, init_lstm, init_step_mlp
 

@@ -51,9 +51,6 @@ class Suite:
         """The family object (built once per suite)."""
         return get_family(self.family, **self.family_kwargs)
 
-    def get_family(self) -> TaskFamily:
-        return self.task_family
-
     @property
     def title(self) -> str:
         """One line for reports: the description, prefixed by the kind when the name is not it."""
