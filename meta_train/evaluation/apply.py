@@ -25,7 +25,7 @@ from learned_opt.errors import LearnedOptError
 from learned_opt.files import atomic_write_text
 from learned_opt.loss_guard import guarded
 from learned_opt.trajectory_guard import (DEFAULT_CHECK_EVERY, find_trajectory_guard_state,
-                                          trajectory_guarded)
+                                          switch_rate, trajectory_guarded)
 from meta_train.evaluation import curves as ev
 from meta_train.evaluation.plots import plot_curves
 from tasks import training
@@ -71,7 +71,7 @@ def apply_to_task(checkpoint: str, task_name: str, steps: int = 1000, seed: int 
                                 num_steps=steps)
         run = jax.jit(lambda k: training.train(task, tx, k, steps, guarded=True))(key)
         lo, lo_test, g = run.losses, run.test_loss, find_trajectory_guard_state(run.opt_state)
-        extra = {"switch_rate": float(int(g.switches) / max(int(g.checks), 1)),
+        extra = {"switch_rate": float(switch_rate(g)),
                  "switches": int(g.switches), "checks": int(g.checks),
                  "last_switch_step": int(g.last_switch_step), "check_every": check_every}
     else:
