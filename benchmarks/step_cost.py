@@ -1,5 +1,5 @@
 """Per-step cost of every learned-optimizer architecture, with and without DMD features and
-with and without the loss guard, relative to Adam on the same model, in one process.
+unguarded, behind the per-step loss guard and behind the trajectory guard, relative to Adam on the same model, in one process.
 
     python benchmarks/step_cost.py [--task mnist1d_mlp_relu] [--steps 300] [--repeats 3]
 
@@ -22,6 +22,7 @@ import optax  # noqa: E402
 import learned_opt  # noqa: E402
 import tasks  # noqa: E402
 from learned_opt.loss_guard import guarded  # noqa: E402
+from learned_opt.trajectory_guard import trajectory_guarded  # noqa: E402
 from benchmarks.throughput import best_time  # noqa: E402
 from meta_train.evaluation import curves as ev  # noqa: E402
 
@@ -57,8 +58,10 @@ def main():
             name = arch + (" +DMD" if dmd_on else "")
             rows.append((name, time_tx(lopt.as_optax(theta))))
             rows.append((name + " +guard", time_tx(guarded(lopt, theta), guard=True)))
+            rows.append((name + " +traj-guard", time_tx(trajectory_guarded(lopt, theta, num_steps=n),
+                                                        guard=True)))
             print(f"  measured {name}", file=sys.stderr, flush=True)
-    print(f"\n| optimizer | us / step | x Adam |\n|---|---|---|")
+    print("\n| optimizer | us / step | x Adam |\n|---|---|---|")
     for name, t in rows:
         print(f"| {name} | {1e6 * t:.1f} | {t / t_adam:.2f} |")
 

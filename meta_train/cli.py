@@ -4,6 +4,7 @@
                  [--distributed --coordinator HOST:PORT --num-processes N --process-id I]
     lopt apply   CHECKPOINT --task NAME [--steps N] [--guard [step|trajectory] [--check-every N]]
     lopt report  CHECKPOINT [--out DIR] [--num-tasks N] [--steps N]
+    lopt bench   [OPTIMIZER ...] [--full] [--suite NAME] [--out DIR]
     lopt tasks
 
 User errors (unknown names, bad values, unreadable checkpoints, missing datasets)
@@ -27,6 +28,8 @@ EXAMPLES = """examples:
   lopt report runs/default/optimizer.npz --num-tasks 8
   lopt report runs/cmp/*/optimizer.npz --out runs/cmp/report   # compare several
   lopt train --config lstm_dmd                # other architectures: lopt train --list-configs
+  lopt bench                                  # every shipped optimizer, every suite (~20 min)
+  lopt bench --full --out checkpoints/bench   # all tasks, 3 seeds (a few hours on 2 cores)
   lopt tasks
   # two hosts (run on each, with its own --process-id):
   lopt train --distributed --coordinator host0:12355 --num-processes 2 --process-id 0
@@ -107,6 +110,11 @@ def _baseline_list(text: str) -> tuple:
     return () if text.strip() in ("", "none") else tuple(t.strip() for t in text.split(","))
 
 
+def _guards(text: str) -> tuple:
+    """'both' -> ('step', 'trajectory'); 'step' / 'trajectory' -> that one."""
+    return ("step", "trajectory") if text == "both" else (text,)
+
+
 def cmd_report(args) -> int:
     from meta_train.evaluation.report import write_report
     first = args.checkpoints[0]
@@ -114,7 +122,8 @@ def cmd_report(args) -> int:
                        else os.path.join("runs", f"report-{first}"))    # a shipped name
     command = "lopt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     rep = write_report(args.checkpoints, out, num_tasks=args.num_tasks, num_steps=args.steps,
-                       long_factor=args.long_factor, ood_tasks=args.ood_tasks, guard=not args.no_guard,
+                       long_factor=args.long_factor, ood_tasks=args.ood_tasks,
+                       guard=() if args.no_guard else _guards(args.guards),
                        command=command, progress=_progress(args), suite_names=args.suite,
                        seeds=args.seeds, baselines=args.baselines, adam_factor=args.adam_factor)
     _print_summary(rep)
@@ -142,6 +151,19 @@ def cmd_apply(args) -> int:
     print(f"{args.task}, {args.steps} steps: final training loss learned {lo['final_train_loss']:.4f} "
           f"vs Adam(lr={args.adam_lr:g}) {ad['final_train_loss']:.4f}; test loss "
           f"{lo['test_loss']:.4f} vs {ad['test_loss']:.4f}\ncurves -> {out}/curves.png, {out}/curves.json")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from meta_train.evaluation.bench import run_bench, summary_lines
+    command = "lopt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    progress = None if args.no_progress else (lambda msg: print(f"  bench {msg}", file=sys.stderr,
+                                                                flush=True))
+    r = run_bench(args.optimizers or None, args.suite, out_dir=args.out, full=args.full,
+                  seeds=args.seeds, max_tasks=args.max_tasks, reps=args.reps, progress=progress,
+                  command=command)
+    print(f"leaderboard -> {r['path']} ({r['wall_s']:.0f} s); IQM speedup over tuned Adam [95% CI]:")
+    print("\n".join(summary_lines(r)))
     return 0
 
 
@@ -261,9 +283,38 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--adam-factor", type=int, default=4,
                    help="Adam's reference runs this many times the horizon, which bounds the "
                         "speedups it can resolve (default: %(default)s)")
-    r.add_argument("--no-guard", action="store_true", help="skip the loss-guarded versions")
+    r.add_argument("--guards", choices=("both", "step", "trajectory"), default="both",
+                   help="guarded versions to add, each with Adam at the task's tuned learning rate as "
+                        "fallback: 'step' the per-step loss guard (LGL2O), 'trajectory' the trajectory "
+                        "guard, 'both' (default: %(default)s)")
+    r.add_argument("--no-guard", action="store_true", help="skip the guarded versions")
     r.add_argument("--no-progress", action="store_true", help="no progress messages")
     r.set_defaults(fn=cmd_report)
+
+    b = sub.add_parser("bench", help="rank every optimizer on every named suite (leaderboard)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Every learned optimizer (default: every shipped one) unguarded, behind "
+                                   "the per-step loss guard and behind the trajectory guard, plus Adam and "
+                                   "the baselines tuned per task, on every named suite (`lopt tasks`). "
+                                   "Writes leaderboard.md (a ranked table: interquartile-mean speedup over "
+                                   "tuned Adam with 95% stratified-bootstrap intervals per suite and "
+                                   "overall, fraction of tasks faster, worst final loss; the guards side "
+                                   "by side; cost per step; per-suite detail), bench.json and plots. "
+                                   "Each finished suite is saved, so rerunning the same command resumes.",
+                       epilog="examples:\n  lopt bench\n  lopt bench mlp rnn_mlp --suite nqm --suite digits_conv\n"
+                              "  lopt bench --full --out checkpoints/bench")
+    b.add_argument("optimizers", nargs="*", metavar="OPTIMIZER",
+                   help="checkpoint files or shipped names (default: every shipped optimizer)")
+    b.add_argument("--suite", action="append", metavar="NAME",
+                   help="only this named suite (repeatable; default: all)")
+    b.add_argument("--full", action="store_true",
+                   help="every task of each suite and 3 seeds (default: the first 2 tasks of each, 2 seeds)")
+    b.add_argument("--seeds", type=int, help="seeds per task (>= 2; overrides the default / --full)")
+    b.add_argument("--max-tasks", type=int, help="at most this many tasks per suite")
+    b.add_argument("--reps", type=int, default=2000, help="bootstrap replicates (default: %(default)s)")
+    b.add_argument("--out", default="runs/bench", help="output directory (default: %(default)s)")
+    b.add_argument("--no-progress", action="store_true", help="no progress messages")
+    b.set_defaults(fn=cmd_bench)
 
     k = sub.add_parser("tasks", help="list task families, named tasks and configs")
     k.set_defaults(fn=cmd_tasks)
@@ -274,7 +325,7 @@ def main(argv=None) -> int:
     from learned_opt.errors import LearnedOptError
     args = build_parser().parse_args(argv)
     for name in ("steps", "num_tasks", "report_tasks", "long_factor", "seeds", "adam_factor",
-                 "check_every"):
+                 "check_every", "max_tasks", "reps"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             print(f"lopt: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)

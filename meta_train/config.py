@@ -38,6 +38,11 @@ class TrainConfig:
     # Adam(guard_lr) as fallback (0 = off). The guard only helps meta-training when the learned
     # optimizer sometimes wins: if the fallback wins every step, the PES gradient is 0.
     guard_lr: float = 0.0
+    # Which guard: "step" (LGL2O, per step) or "trajectory" (learned_opt.trajectory_guard: Adam's
+    # own run alongside, the run moved onto it at checks every guard_check_every steps when it
+    # trails by more than 5%; about 2x the inner-step cost).
+    guard_kind: str = "step"
+    guard_check_every: int = 50
     # Outer loop.
     meta_optimizer: str = "adam"
     meta_lr: float = 3e-3
@@ -70,6 +75,8 @@ class TrainConfig:
             (self.meta_lr_final is None or 0 <= self.meta_lr_final <= self.meta_lr,
              "meta_lr_final must be null or in [0, meta_lr]"),
             (self.guard_lr >= 0, "guard_lr must be >= 0 (0 = no loss guard)"),
+            (self.guard_kind in ("step", "trajectory"), "guard_kind must be 'step' or 'trajectory'"),
+            (self.guard_check_every >= 1, "guard_check_every must be >= 1"),
             (self.grad_clip > 0, "grad_clip must be > 0"),
             (self.outer_steps >= 0, "outer_steps must be >= 0"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),

@@ -18,6 +18,7 @@ from chex import ArrayTree as PyTree
 import learned_opt
 import tasks
 from learned_opt.loss_guard import loss_guard
+from learned_opt.trajectory_guard import DEFAULT_CHECK_EVERY, trajectory_guard
 from learned_opt.optax_adapter import as_optax
 from meta_train import sharding
 from meta_train.config import TrainConfig
@@ -34,13 +35,18 @@ class TrainState(NamedTuple):
     key: jax.Array             # raw uint32 PRNG key
 
 
-def periodic_eval_curves(lopt, family, theta, keys, num_steps, guard=None):
+def periodic_eval_curves(lopt, family, theta, keys, num_steps, guard=None, guard_kind="step",
+                         check_every=DEFAULT_CHECK_EVERY):
     """Meta-training's periodic evaluation: one held-out task per key (``family.sample`` of the
     key's first split, trained from its second), trained with ``theta`` for ``num_steps`` by the
-    same rollout as every report (``tasks.training.train``, through ``as_optax``; behind the loss
-    guard with fallback ``guard`` when given). Returns normalised training losses clipped as the
+    same rollout as every report (``tasks.training.train``, through ``as_optax``; behind the
+    guard of ``guard_kind`` with fallback ``guard`` when given). Returns normalised training losses clipped as the
     meta-loss is, shape (len(keys), num_steps). Vmapped over tasks, scanned over steps."""
-    tx = as_optax(lopt, theta) if guard is None else loss_guard(as_optax(lopt, theta), guard)
+    tx = as_optax(lopt, theta)
+    if guard is not None and guard_kind == "trajectory":
+        tx = trajectory_guard(tx, guard, check_every=check_every, num_steps=num_steps)
+    elif guard is not None:
+        tx = loss_guard(tx, guard)
 
     def one(key):
         k_cfg, k_train = jax.random.split(key)
@@ -65,7 +71,8 @@ class MetaTrainer:
         self.guard = optax.adam(config.guard_lr) if config.guard_lr > 0 else None
         self.unroll = learned_optimizer_unroll(
             self.lopt, self.family, (config.min_episode_length, config.max_episode_length),
-            guard=self.guard, log_loss=config.meta_loss == "log")
+            guard=self.guard, log_loss=config.meta_loss == "log", guard_kind=config.guard_kind,
+            check_every=config.guard_check_every)
         self.estimator = make_estimator(config, self.unroll)
         lr = config.meta_lr
         if config.meta_lr_final is not None:    # cosine decay meta_lr -> meta_lr_final over the run
@@ -123,5 +130,7 @@ class MetaTrainer:
         """Mean normalised training loss over ``eval_steps`` on fixed held-out tasks."""
         keys = self.estimator.constrain(tasks.periodic_eval_keys(self.config.eval_tasks))
         losses = periodic_eval_curves(self.lopt, self.family, theta, keys,
-                                      self.config.eval_steps, guard=self.guard)
+                                      self.config.eval_steps, guard=self.guard,
+                                      guard_kind=self.config.guard_kind,
+                                      check_every=self.config.guard_check_every)
         return {"eval_mean_loss": jnp.mean(losses), "eval_final_loss": jnp.mean(losses[:, -1])}

@@ -23,6 +23,7 @@ from chex import ArrayTree as PyTree
 
 from learned_opt.errors import LearnedOptError
 from learned_opt.loss_guard import loss_guard
+from learned_opt.trajectory_guard import DEFAULT_CHECK_EVERY, trajectory_guard
 from learned_opt.optax_adapter import as_optax
 from tasks.training import train_step
 NEVER_ENDING = 2**30
@@ -63,11 +64,13 @@ class LOptState(NamedTuple):
 
     cfg: PyTree        # the task's dynamic config (array pytree)
     params: PyTree     # the task's parameters
-    opt_state: PyTree  # the learned optimizer's state (a LossGuardState when guarded)
+    opt_state: PyTree  # the learned optimizer's state (a guard's state when guarded)
 
 
 def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
-                             max_meta_loss: float = 10.0, guard=None, log_loss: bool = False) -> Unroll:
+                             max_meta_loss: float = 10.0, guard=None, log_loss: bool = False,
+                             guard_kind: str = "step",
+                             check_every: int = DEFAULT_CHECK_EVERY) -> Unroll:
     """Training a learned optimizer on a task family, as an Unroll.
 
     Each episode samples a task cfg from ``family``, initialises its parameters,
@@ -80,16 +83,23 @@ def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
     large early drops (the speedup metric at the end of training rewards exactly that).
 
     ``guard``: None, or an optax fallback transformation (e.g. ``optax.adam(1e-3)``). Then
-    every inner step applies ``loss_guard(learned_opt.as_optax(lopt, theta), guard)`` with
-    the loss on a separate guard batch as ``value_fn`` (two extra loss evaluations per step),
-    and ``LOptState.opt_state`` holds the ``LossGuardState``. Without a guard the steps are
+    every inner step goes through a guard around ``learned_opt.as_optax(lopt, theta)`` with
+    the loss on a separate guard batch as ``value_fn``, and ``LOptState.opt_state`` holds the
+    guard's state. ``guard_kind="step"``: the per-step loss guard (``loss_guard``, two extra
+    loss evaluations per step); ``"trajectory"``: the trajectory guard (``trajectory_guard``:
+    the fallback's own run inside the state, its gradient from ``grad_fn``, checks every
+    ``check_every`` steps of the episode; about 2x the step). Without a guard the steps are
     exactly those of ``lopt.opt_update`` (same keys and batches as before the guard existed).
     """
     if guard is not None and not (hasattr(guard, "init") and hasattr(guard, "update")):
         raise LearnedOptError(f"guard must be None or an optax transformation (the fallback), "
                               f"got {guard!r}")
+    if guard_kind not in ("step", "trajectory"):
+        raise LearnedOptError(f"guard_kind must be 'step' or 'trajectory', got {guard_kind!r}")
 
     def guard_tx(theta):
+        if guard_kind == "trajectory":
+            return trajectory_guard(as_optax(lopt, theta), guard, check_every=check_every)
         return loss_guard(as_optax(lopt, theta), guard)
 
     def init(theta, key):
@@ -103,13 +113,16 @@ def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
 
     def update(theta):
         """One step's rule for ``tasks.training.train_step``: the learned optimizer's own
-        ``opt_update``, or the loss guard around its optax form (key passed explicitly)."""
+        ``opt_update``, or the guard around its optax form (key passed explicitly)."""
         if guard is None:
             return lambda g, s, p, loss, key, value_fn, grad_fn: lopt.opt_update(theta, s, g, p, loss, key)
 
         def guarded_update(g, s, p, loss, key, value_fn, grad_fn):
-            del grad_fn   # the per-step loss guard scores candidates with value_fn only
-            updates, s = guard_tx(theta).update(g, s, p, value=loss, key=key, value_fn=value_fn)
+            # the per-step guard scores candidates with value_fn only; the trajectory guard
+            # also takes its fallback run's gradient with grad_fn
+            extra = {"grad_fn": grad_fn} if guard_kind == "trajectory" else {}
+            updates, s = guard_tx(theta).update(g, s, p, value=loss, key=key, value_fn=value_fn,
+                                                **extra)
             return optax.apply_updates(p, updates), s
         return guarded_update
 

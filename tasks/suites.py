@@ -57,10 +57,15 @@ class Suite:
         return self.description if self.name == self.kind else f"{self.kind}: {self.description}"
 
     def tasks(self, num_tasks: int | None = None):
-        """(cfgs with a leading task axis, one training key per task) of the first
-        ``num_tasks`` (default: all) tasks."""
-        return suite_tasks(self.task_family, self.num_tasks if num_tasks is None else num_tasks,
-                           self.seed)
+        """(cfgs with a leading task axis, one training key per task) of the suite's first
+        ``num_tasks`` (default: all) tasks: the same tasks, initialisations and batches as in
+        the whole suite."""
+        cfgs, keys = suite_tasks(self.task_family, self.num_tasks, self.seed)
+        if num_tasks is None:
+            return cfgs, keys
+        if not 1 <= num_tasks <= self.num_tasks:
+            raise TaskError(f"suite {self.name!r} has {self.num_tasks} tasks, asked for {num_tasks}")
+        return jax.tree.map(lambda x: x[:num_tasks], cfgs), keys[:num_tasks]
 
 
 def suite_tasks(family: TaskFamily, num_tasks: int, seed: int = SUITE_SEED):

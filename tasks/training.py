@@ -21,9 +21,12 @@ called by a trajectory guard).
 
 A run of ``T`` steps from ``key``: ``k_init, k_run, k_eval = split(key, 3)``, parameters from
 ``task.init(k_init)``, step ``t`` keyed by ``fold_in(k_run, t)`` (so the first ``T`` steps of a
-longer run are the ``T``-step run, batch for batch), a ``lax.scan`` over the steps, and the final
+longer run are the ``T``-step run, batch for batch), a ``lax.scan`` over the steps, the final
 held-out loss (``task.eval_loss(params, "test")``, else the mean over 8 fresh batches) from
-``k_eval``. Everything is pure and jit-able; vmap it over tasks, seeds or hyper-parameters.
+``k_eval``, and the final training loss: the loss at the final parameters on the 8 training
+batches ``sample_batch(k)`` for ``k`` in ``split(fold_in(k_eval, 1), 8)`` (the same batches for
+every optimizer run from ``key``, so two runs that end on the same parameters have the same final
+loss, whatever their trajectories). Everything is pure and jit-able; vmap it over tasks, seeds or hyper-parameters.
 """
 from __future__ import annotations
 
@@ -87,12 +90,20 @@ def final_split_loss(task, params, key: jax.Array) -> jax.Array:
     return jnp.mean(jax.vmap(lambda k: task.loss(params, k, task.sample_batch(k)))(keys))
 
 
+def final_train_loss(task, params, key: jax.Array, num_batches: int = 8) -> jax.Array:
+    """The training loss at ``params``: the mean over ``num_batches`` training batches keyed
+    ``split(fold_in(key, 1), num_batches)`` (``key`` is the run's ``k_eval``)."""
+    keys = jax.random.split(jax.random.fold_in(key, 1), num_batches)
+    return jnp.mean(jax.vmap(lambda k: task.loss(params, k, task.sample_batch(k)))(keys))
+
+
 class Run(NamedTuple):
     """What :func:`train` returns."""
     losses: jax.Array      # (num_steps,) training loss at each step, before the update
     test_loss: jax.Array   # final held-out loss (see final_split_loss)
     params: ArrayTree      # parameters after the last step
     opt_state: ArrayTree   # optimizer state after the last step
+    final_loss: jax.Array  # training loss at the final parameters (see final_train_loss)
 
 
 def train(task, tx: optax.GradientTransformation, key: jax.Array, num_steps: int,
@@ -112,7 +123,8 @@ def train(task, tx: optax.GradientTransformation, key: jax.Array, num_steps: int
         return (params, opt_state), loss
 
     (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jnp.arange(num_steps))
-    return Run(losses, final_split_loss(task, params, k_eval), params, opt_state)
+    return Run(losses, final_split_loss(task, params, k_eval), params, opt_state,
+               final_train_loss(task, params, k_eval))
 
 
-__all__ = ["UpdateFn", "optax_update", "guard_key", "train_step", "final_split_loss", "Run", "train"]
+__all__ = ["UpdateFn", "optax_update", "guard_key", "train_step", "final_split_loss", "final_train_loss", "Run", "train"]

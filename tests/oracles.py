@@ -133,3 +133,24 @@ def sign_descent_theta(lopt, sign=1.0):
         prm["wx"][row, 2 * H] = 5.0                         # unit 0 cell input
     theta["head"]["w"][0, 0] = sign / np.tanh(np.tanh(5.0 * np.tanh(np.tanh(5.0))))
     return theta
+
+
+def np_iqm(scores):
+    """Interquartile mean by hand: sort all n entries, drop floor(n/4) from each end, average."""
+    v = np.sort(np.asarray(scores, dtype=float).ravel())
+    k = len(v) // 4
+    return v[k:len(v) - k].mean()
+
+
+def np_stratified_bootstrap(scores, stat, reps, seed=0, size=0.95):
+    """Percentile interval of ``stat`` over replicates that resample, for each task (column)
+    separately, its runs (rows) with replacement."""
+    s = np.asarray(scores, dtype=float)
+    rng = np.random.default_rng(seed)
+    runs, tasks = s.shape
+    reps_stats = []
+    for _ in range(reps):
+        idx = rng.integers(0, runs, size=(runs, tasks))
+        reps_stats.append(stat(np.take_along_axis(s, idx, axis=0)))
+    lo, hi = np.quantile(np.asarray(reps_stats), [(1 - size) / 2, (1 + size) / 2], axis=0)
+    return lo, hi

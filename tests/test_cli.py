@@ -59,22 +59,27 @@ def test_train_apply_report_end_to_end(smoke_run, tmp_path):
     assert rc == 0, se
     text = (tmp_path / "rep" / "report.md").read_text()
     for needle in ("| task |", "Adam tuned", "mlp +guard", "Suite `in_distribution`",
-                   "Suite `long_horizon`", "40 steps", "Suite `ood_dataset`", "fallback rate",
+                   "Suite `long_horizon`", "40 steps", "Suite `ood_dataset`", "guard rate", "mlp +traj-guard",
                    "speedup over tuned Adam", "lion tuned", "Cost per step", "speedup_in_distribution.png"):
         assert needle in text, needle
     import json
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     rows = {r["optimizer"]: r for r in rep["summary"]["in_distribution"]}
     assert rows["Adam tuned"]["median_ratio"] == 1.0 and rows["Adam tuned"]["fallback_rate"] is None
-    assert len(rows) == 3 + 2 * 2 and 0.0 <= rows["mlp +guard"]["fallback_rate"] <= 1.0
+    assert len(rows) == 3 + 2 * 3 and 0.0 <= rows["mlp +guard"]["fallback_rate"] <= 1.0
+    assert rows["mlp +guard"]["guard"] == "step" and rows["mlp +traj-guard"]["guard"] == "trajectory"
     # the guard's guarantee per task: never worse than tuned Adam by much on these quadratics
     assert rows["mlp +guard"]["worst_ratio"] < 1.5, rows["mlp +guard"]
+    # the trajectory guard's: within 5% of its fallback (tuned Adam) at the end of every run
+    assert rows["mlp +traj-guard"]["worst_ratio"] <= 1.05, rows["mlp +traj-guard"]
+    assert 0.0 <= rows["mlp +traj-guard"]["fallback_rate"] <= 1.0
+    assert {"Adam", "mlp", "mlp +guard", "mlp +traj-guard"} <= set(rep["step_cost_vs_adam"])
 
 
 def test_help_lists_subcommands():
     rc, so, se, _ = lopt("--help")
     assert rc == 0
-    for sub in ("train", "apply", "report", "tasks"):
+    for sub in ("train", "apply", "report", "bench", "tasks"):
         assert sub in so
 
 
@@ -129,6 +134,16 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
     assert_user_error(rc, se, "unknown baseline", "adamax", "lion")
     rc, _, se, _ = lopt("apply", str(tmp_path / "missing.npz"), "--task", "quadratic_10d")
     assert_user_error(rc, se)
+    # lopt bench: a foreign file, an unknown shipped name or suite, too few seeds: one line each,
+    # before any work
+    rc, _, se, _ = lopt("bench", str(foreign), "--out", str(tmp_path / "bench"))
+    assert_user_error(rc, se)
+    rc, _, se, _ = lopt("bench", "no_such_opt", "--suite", "nqm", "--out", str(tmp_path / "bench"))
+    assert_user_error(rc, se, "no_such_opt")
+    rc, _, se, _ = lopt("bench", "mlp", "--suite", "nope", "--out", str(tmp_path / "bench"))
+    assert_user_error(rc, se, "unknown suite 'nope'")
+    rc, _, se, _ = lopt("bench", "mlp", "--seeds", "1", "--out", str(tmp_path / "bench"))
+    assert_user_error(rc, se, "at least 2 seeds")
 
 
 def test_missing_tfds_dataset_fails_fast(tmp_path):

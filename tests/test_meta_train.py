@@ -39,6 +39,29 @@ def test_meta_training_through_the_loss_guard_runs():
     assert np.isfinite(float(tr.evaluate(state.theta)["eval_mean_loss"]))
 
 
+def test_meta_training_through_the_trajectory_guard_runs():
+    """guard_kind="trajectory": the inner state carries the fallback's own run (its parameters
+    move with Adam's rule on its own gradient), the run is switched onto it at checks, and PES
+    still estimates a finite, non-zero meta-gradient."""
+    cfg = get_config("smoke").replace(guard_lr=1e-5, guard_kind="trajectory", guard_check_every=5,
+                                      lopt_config={"output_init_scale": 1.0}, outer_steps=2)
+    tr = MetaTrainer(cfg)
+    state = tr.init()
+    assert type(state.est_state.inner.opt_state).__name__ == "TrajectoryGuardState"
+    y0 = jax.tree.map(np.asarray, state.est_state.inner.opt_state.fallback_params)
+    for _ in range(cfg.outer_steps):
+        state, metrics = tr.outer_step(state)
+        assert np.isfinite(float(metrics["meta_loss"])) and float(metrics["grad_norm"]) > 0
+    gs = state.est_state.inner.opt_state
+    np.testing.assert_array_equal(np.asarray(gs.steps), np.concatenate([state.est_state.t] * 2))
+    # checks every 5 steps of each particle's episode (no final check: episodes have no end here)
+    np.testing.assert_array_equal(np.asarray(gs.checks), np.asarray(gs.steps) // 5)
+    assert np.all(np.asarray(gs.switches) <= np.asarray(gs.checks))
+    y1 = jax.tree.map(np.asarray, gs.fallback_params)
+    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(y0), jax.tree.leaves(y1)))
+    assert np.isfinite(float(tr.evaluate(state.theta)["eval_mean_loss"]))
+
+
 def test_log_meta_loss_is_the_log_of_the_normalised_loss():
     import learned_opt
     import tasks

@@ -24,10 +24,16 @@ def test_every_listed_suite_resolves_to_fixed_tasks():
         assert spec.family in tasks.list_families()
     assert kinds == set(KINDS)          # every kind is represented
     # The same name means the same task configs, call after call.
-    a, _ = get_suite("digits_mlp").tasks()
-    b, _ = get_suite("digits_mlp").tasks(4)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    a, ka = get_suite("digits_mlp").tasks()
+    b, kb = get_suite("digits_mlp").tasks(4)
+    for x, y in zip(jax.tree.leaves(a) + [ka], jax.tree.leaves(b) + [kb]):
         np.testing.assert_array_equal(x, y)
+    # the first k tasks of a suite are its first k tasks, not another draw of k
+    c, kc = get_suite("digits_mlp").tasks(2)
+    for x, y in zip(jax.tree.leaves(a) + [ka], jax.tree.leaves(c) + [kc]):
+        np.testing.assert_array_equal(x[:2], y)
+    with pytest.raises(tasks.TaskError, match="has 4 tasks"):
+        get_suite("digits_mlp").tasks(5)
 
 
 def test_named_suites_are_the_reports_default():

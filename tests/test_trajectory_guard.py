@@ -271,7 +271,7 @@ def test_jit_vmap_and_run_task_report_the_switch_rate():
     make = lambda lr: trajectory_guard(optax.sgd(lr), optax.adam(0.1), check_every=10,  # noqa: E731
                                        num_steps=steps)
     lrs = jnp.array([1e-3, 0.5])      # a slow SGD and a good one (curvatures in [0.1, 1])
-    losses, test, rate = ev.family_curves(family, cfgs, keys, make, lrs, steps, hparam_axis=0,
+    losses, test, rate, _ = ev.family_curves(family, cfgs, keys, make, lrs, steps, hparam_axis=0,
                                           guard=True)
     assert losses.shape == (2, 2, steps) and rate.shape == (2, 2)
     # measured rates [[0.75, 0.5], [0, 0]]: the slow SGD is replaced at the early checks (once
@@ -281,9 +281,9 @@ def test_jit_vmap_and_run_task_report_the_switch_rate():
     run = jax.jit(lambda k: training.train(task, make(0.5), k, steps, guarded=True))(keys[1])
     np.testing.assert_allclose(losses[1, 1], run.losses, rtol=1e-5)
     np.testing.assert_allclose(rate[1, 1], switch_rate(run.opt_state))
-    l2, t2, r2 = jax.jit(lambda k: ev.run_task(task, make(0.5), k, steps, guard=True))(keys[1])
+    l2, t2, r2, _ = jax.jit(lambda k: ev.run_task(task, make(0.5), k, steps, guard=True))(keys[1])
     np.testing.assert_allclose(r2, int(run.opt_state.switches) / int(run.opt_state.checks))
-    _, _, r_step = jax.jit(lambda k: ev.run_task(task, loss_guard(optax.sgd(5.0), optax.adam(0.1)),
+    _, _, r_step, _ = jax.jit(lambda k: ev.run_task(task, loss_guard(optax.sgd(5.0), optax.adam(0.1)),
                                                  k, 5, guard=True))(keys[1])
     assert float(r_step) == 1.0
     both = optax.chain(loss_guard(optax.sgd(0.1)), make(0.1))

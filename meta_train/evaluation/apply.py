@@ -52,7 +52,8 @@ def apply_to_task(checkpoint: str, task_name: str, steps: int = 1000, seed: int 
     """Train ``task_name`` (see ``tasks.list_tasks``) for ``steps`` with the optimizer in
     ``checkpoint`` (a file or a shipped name) and with Adam(``adam_lr``). Returns
     ``{"task", "steps", "seed", "checkpoint", "learned": {...}, "adam": {...}}`` with each
-    optimizer's final training loss (mean over the last 5% of steps), test loss and curve, and,
+    optimizer's final training loss (at the final parameters, on 8 training batches shared by
+    both runs: ``tasks.training.final_train_loss``), test loss and curve, and,
     with a guard, ``"guard"`` (its kind) and: for ``"step"`` (or ``True``) ``"fallback_rate"``
     (fraction of steps that kept Adam's proposal); for ``"trajectory"`` ``"switch_rate"``
     (fraction of checks that moved the run onto Adam's run), ``"switches"``, ``"checks"``,
@@ -63,25 +64,28 @@ def apply_to_task(checkpoint: str, task_name: str, steps: int = 1000, seed: int 
     key = jax.random.PRNGKey(seed)
     extra = {}
     if kind == "step":
-        lo, lo_test, rate = jax.jit(lambda k: ev.run_task(
+        lo, lo_test, rate, lo_fin = jax.jit(lambda k: ev.run_task(
             task, guarded(lopt, theta, optax.adam(adam_lr)), k, steps, guard=True))(key)
         extra = {"fallback_rate": float(rate)}
     elif kind == "trajectory":
         tx = trajectory_guarded(lopt, theta, optax.adam(adam_lr), check_every=check_every,
                                 num_steps=steps)
         run = jax.jit(lambda k: training.train(task, tx, k, steps, guarded=True))(key)
-        lo, lo_test, g = run.losses, run.test_loss, find_trajectory_guard_state(run.opt_state)
+        lo, lo_test, lo_fin = run.losses, run.test_loss, run.final_loss
+        g = find_trajectory_guard_state(run.opt_state)
         extra = {"switch_rate": float(switch_rate(g)),
                  "switches": int(g.switches), "checks": int(g.checks),
                  "last_switch_step": int(g.last_switch_step), "check_every": check_every}
     else:
-        lo, lo_test, _ = jax.jit(lambda k: ev.run_task(task, lopt.as_optax(theta), k, steps))(key)
-    ad, ad_test, _ = jax.jit(lambda k: ev.run_task(task, optax.adam(adam_lr), k, steps))(key)
+        lo, lo_test, _, lo_fin = jax.jit(lambda k: ev.run_task(task, lopt.as_optax(theta), k, steps))(key)
+    ad, ad_test, _, ad_fin = jax.jit(lambda k: ev.run_task(task, optax.adam(adam_lr), k, steps))(key)
     lo, ad = np.asarray(lo), np.asarray(ad)
+    # final_train_loss: at the parameters the run returns (tasks.training.final_train_loss), so a
+    # guard that ends on Adam's run reports Adam's loss, not the learned steps before the switch
     result = {"task": task_name, "steps": steps, "seed": seed, "checkpoint": checkpoint,
-              "learned": {"final_train_loss": float(ev.final_loss(lo)), "test_loss": float(lo_test),
+              "learned": {"final_train_loss": float(lo_fin), "test_loss": float(lo_test),
                           "curve": lo.tolist()},
-              "adam": {"learning_rate": adam_lr, "final_train_loss": float(ev.final_loss(ad)),
+              "adam": {"learning_rate": adam_lr, "final_train_loss": float(ad_fin),
                        "test_loss": float(ad_test), "curve": ad.tolist()}}
     if kind is not None:
         result.update({"guard": kind}, **extra)

@@ -8,7 +8,10 @@ Every optimizer sees the same task configs, initialisations and batches (several
 task). Adam and the baselines are tuned per task over the log grids
 ``learned_opt.baselines.LR_GRIDS`` on the seed-averaged final training loss; the guarded
 learned optimizers fall back to Adam at its tuned learning rate (the LGL2O setting: a
-well-tuned fallback). Adam's whole grid, run 4x longer, is the reference of the speedup
+well-tuned fallback), behind either guard: the per-step loss guard (``+guard``,
+``learned_opt.loss_guard``) and the trajectory guard (``+traj-guard``,
+``learned_opt.trajectory_guard``: tuned Adam's own run alongside, checked every
+``check_every`` steps and at the last). Adam's whole grid, run 4x longer, is the reference of the speedup
 metric (``meta_train.evaluation.speedup``).
 """
 from __future__ import annotations
@@ -24,12 +27,35 @@ import optax
 import learned_opt
 from learned_opt.baselines import LR_GRIDS, make_baseline
 from learned_opt.loss_guard import guarded
+from learned_opt.trajectory_guard import DEFAULT_CHECK_EVERY, trajectory_guarded
 from meta_train.evaluation import curves as ev
 from meta_train.evaluation import speedup as sp
 from tasks.suites import Suite
 
 ADAM_DEFAULT = "Adam lr=1e-3"
 ADAM_TUNED = "Adam tuned"
+GUARDS = ("step", "trajectory")
+GUARD_SUFFIX = {"step": " +guard", "trajectory": " +traj-guard"}
+
+
+def guard_kinds(guard) -> tuple[str, ...]:
+    """``True`` -> both guards, ``False``/``None``/``()`` -> none, a kind or kinds -> those."""
+    if guard is True:
+        return GUARDS
+    if not guard:
+        return ()
+    kinds = (guard,) if isinstance(guard, str) else tuple(guard)
+    bad = [k for k in kinds if k not in GUARDS]
+    if bad:
+        raise learned_opt.LearnedOptError(f"unknown guard(s) {bad}; choose from {', '.join(GUARDS)}")
+    return kinds
+
+
+def unguarded_label(label: str) -> str:
+    """The learned optimizer's label without a guard suffix."""
+    for suffix in GUARD_SUFFIX.values():
+        label = label.removesuffix(suffix)
+    return label
 
 
 @dataclasses.dataclass
@@ -60,22 +86,23 @@ def seed_keys(keys, num_seeds: int):
 def _curves(fam, cfgs, keys, make_tx, per_task, shared, num_steps, guard=False):
     """``run_task(fam.task(cfg_i), make_tx(per_task_i, shared), key_ij)`` for every task i and
     seed j, vmapped. ``per_task`` has a leading task axis (e.g. each task's tuned learning rate),
-    ``shared`` does not (e.g. meta-parameters). Returns numpy (losses (tasks, seeds, steps),
-    test losses (tasks, seeds), fallback rates (tasks, seeds))."""
+    ``shared`` does not (e.g. meta-parameters). Returns ``curves.TaskCurves`` of numpy arrays
+    (losses (tasks, seeds, steps), test losses, guard rates and final losses (tasks, seeds))."""
     def one(cfg, key, p, sh):
         return ev.run_task(fam.task(cfg), make_tx(p, sh), key, num_steps, guard=guard)
     over_seeds = jax.vmap(one, in_axes=(None, 0, None, None))
     out = jax.jit(jax.vmap(over_seeds, in_axes=(0, 0, 0, None)))(cfgs, keys, per_task, shared)
-    return tuple(np.asarray(x) for x in out)
+    return ev.TaskCurves(*(np.asarray(x) for x in out))
 
 
 def _grid_curves(fam, cfgs, keys, make_tx, grid, num_steps):
-    """Every learning rate of ``grid`` on every task and seed: (lrs, tasks, seeds, ...)."""
+    """Every learning rate of ``grid`` on every task and seed: ``TaskCurves`` with leading axes
+    (lrs, tasks, seeds)."""
     def one(cfg, key, lr):
         return ev.run_task(fam.task(cfg), make_tx(lr), key, num_steps)
     f = jax.vmap(jax.vmap(one, in_axes=(None, 0, None)), in_axes=(0, 0, None))
-    losses, test, _ = jax.jit(jax.vmap(f, in_axes=(None, None, 0)))(cfgs, keys, jnp.asarray(grid))
-    return np.asarray(losses), np.asarray(test)
+    out = jax.jit(jax.vmap(f, in_axes=(None, None, 0)))(cfgs, keys, jnp.asarray(grid))
+    return ev.TaskCurves(*(np.asarray(x) for x in out))
 
 
 def _tune(grid_losses, grid, num_steps):
@@ -89,59 +116,72 @@ def _tune(grid_losses, grid, num_steps):
 DEFAULT_BASELINES = ("adamw", "momentum", "rmsprop", "lion", "radam")
 
 
-def run_suite(suite: Suite, entries: list[Entry], guard: bool = True, progress=None,
-              num_seeds: int = 3, baselines=DEFAULT_BASELINES, adam_factor: int = 4) -> dict:
-    """Every optimizer on every task of the suite with ``num_seeds`` seeds.
+def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
+              num_seeds: int = 3, baselines=DEFAULT_BASELINES, adam_factor: int = 4,
+              check_every: int = DEFAULT_CHECK_EVERY, num_tasks: int | None = None) -> dict:
+    """Every optimizer on every task of the suite (its first ``num_tasks``, default all) with
+    ``num_seeds`` seeds.
 
     Adam runs the grid ``LR_GRIDS["adam"]`` for ``adam_factor`` times the suite's horizon T: its
     first T steps give Adam tuned per task (and at lr=1e-3), all of it the reference curve of
     the speedup (``meta_train.evaluation.speedup``). Each baseline is tuned per task over its own grid on the
-    seed-averaged final training loss at T. Learned optimizers run as they are and, with
-    ``guard``, loss-guarded with Adam at the task's tuned learning rate as the fallback.
+    seed-averaged final training loss at T. Learned optimizers run as they are and behind each
+    guard of ``guard`` (:func:`guard_kinds`: True = both) with Adam at the task's tuned learning
+    rate as the fallback (the trajectory guard checks every ``check_every`` steps and at T).
 
     Returns {"suite", "labels", "curves": {label: (tasks, seeds, T)}, "test": {label: (tasks,
-    seeds)}, "fallback": {label: (tasks, seeds)}, "tuned_lr": {label: (tasks,)}, "envelopes":
-    (tasks, adam_factor*T), "task_labels"}."""
-    fam, n, T = suite.task_family, suite.num_tasks, suite.num_steps
-    cfgs, task_keys = suite.tasks()
+    seeds)}, "final": {label: (tasks, seeds)} (training loss at the final parameters),
+    "fallback": {label: (tasks, seeds)} (guard rates), "guard": {label: kind}, "tuned_lr":
+    {label: (tasks,)}, "envelopes": (tasks, adam_factor*T), "task_labels"}."""
+    fam, T = suite.task_family, suite.num_steps
+    cfgs, task_keys = suite.tasks(num_tasks)
+    n = len(task_keys)
     keys = seed_keys(task_keys, num_seeds)
     say = progress or (lambda msg: None)
-    curves, test, fallback, tuned = {}, {}, {}, {}
+    curves, test, final, fallback, tuned, kinds = {}, {}, {}, {}, {}, {}
     window = speedup_window(T)
 
     say(f"{suite.name}: Adam over {len(LR_GRIDS['adam'])} learning rates x {adam_factor * T} steps")
     grid = np.asarray(LR_GRIDS["adam"], np.float32)
-    g_losses, _ = _grid_curves(fam, cfgs, keys, optax.adam, grid, adam_factor * T)
+    g_losses = _grid_curves(fam, cfgs, keys, optax.adam, grid, adam_factor * T).losses
     envelopes = np.stack([sp.reference_envelope(g_losses[:, i], window) for i in range(n)])
     best = _tune(g_losses, grid, T)
     default = np.full(n, ev.DEFAULT_ADAM_LR, np.float32)
     # T-step runs at the chosen rates: their curves equal the grid's first T steps (same keys),
     # but the test loss needs the parameters at step T.
     for label, lrs in ((ADAM_DEFAULT, default), (ADAM_TUNED, grid[best])):
-        curves[label], test[label], _ = _curves(fam, cfgs, keys, lambda lr, _: optax.adam(lr),
-                                                jnp.asarray(lrs), 0, T)
+        curves[label], test[label], _, final[label] = _curves(
+            fam, cfgs, keys, lambda lr, _: optax.adam(lr), jnp.asarray(lrs), 0, T)
         tuned[label] = lrs
     for name in baselines:
         say(f"{suite.name}: {name} over {len(LR_GRIDS[name])} learning rates")
         b_grid = np.asarray(LR_GRIDS[name], np.float32)
-        b_losses, b_test = _grid_curves(fam, cfgs, keys, lambda lr, name=name: make_baseline(name, lr),
-                                        b_grid, T)
-        b = _tune(b_losses, b_grid, T)
+        b_run = _grid_curves(fam, cfgs, keys, lambda lr, name=name: make_baseline(name, lr),
+                             b_grid, T)
+        b = _tune(b_run.losses, b_grid, T)
         label = f"{name} tuned"
-        curves[label] = np.stack([b_losses[b[i], i] for i in range(n)])
-        test[label] = np.stack([b_test[b[i], i] for i in range(n)])
+        curves[label] = np.stack([b_run.losses[b[i], i] for i in range(n)])
+        test[label] = np.stack([b_run.test_loss[b[i], i] for i in range(n)])
+        final[label] = np.stack([b_run.final_loss[b[i], i] for i in range(n)])
         tuned[label] = b_grid[b]
     for e in entries:
         say(f"{suite.name}: {e.label}")
-        curves[e.label], test[e.label], _ = _curves(
+        curves[e.label], test[e.label], _, final[e.label] = _curves(
             fam, cfgs, keys, lambda _, th, e=e: e.lopt.as_optax(th), jnp.zeros(n), e.theta, T)
-        if guard:
-            label = e.label + " +guard"
-            curves[label], test[label], fallback[label] = _curves(
-                fam, cfgs, keys, lambda lr, th, e=e: guarded(e.lopt, th, optax.adam(lr)),
-                jnp.asarray(grid[best]), e.theta, T, guard=True)
+        for kind in guard_kinds(guard):
+            label = e.label + GUARD_SUFFIX[kind]
+            say(f"{suite.name}: {label}")
+            if kind == "step":
+                make = lambda lr, th, e=e: guarded(e.lopt, th, optax.adam(lr))  # noqa: E731
+            else:
+                make = lambda lr, th, e=e: trajectory_guarded(  # noqa: E731
+                    e.lopt, th, optax.adam(lr), check_every=check_every, num_steps=T)
+            curves[label], test[label], fallback[label], final[label] = _curves(
+                fam, cfgs, keys, make, jnp.asarray(grid[best]), e.theta, T, guard=True)
+            kinds[label] = kind
     return {"suite": suite, "labels": list(curves), "curves": curves, "test": test,
-            "fallback": fallback, "tuned_lr": tuned, "envelopes": envelopes, "window": window,
+            "final": final, "fallback": fallback, "guard": kinds, "check_every": check_every,
+            "tuned_lr": tuned, "envelopes": envelopes, "window": window,
             "adam_factor": adam_factor, "num_seeds": num_seeds,
             "task_labels": [task_label(fam, cfgs, i) for i in range(n)]}
 
@@ -175,5 +215,5 @@ def load_entries(paths: list[str]) -> tuple[list[Entry], list[dict]]:
     return entries, metas
 
 
-__all__ = ["Entry", "run_suite", "load_entries", "seed_keys", "speedups",
+__all__ = ["Entry", "run_suite", "GUARDS", "GUARD_SUFFIX", "guard_kinds", "unguarded_label", "load_entries", "seed_keys", "speedups",
            "DEFAULT_BASELINES", "task_label", "ADAM_DEFAULT", "ADAM_TUNED"]

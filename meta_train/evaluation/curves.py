@@ -11,7 +11,7 @@ guard and the guard's rate is reported: the fallback rate of the per-step loss g
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +26,20 @@ from tasks import training
 DEFAULT_ADAM_LR = 1e-3
 
 
-def run_task(task, tx, key, num_steps, guard: bool = False):
-    """Train ``task`` with optax ``tx`` (``tasks.training.train``). Returns (train losses
-    (num_steps,), final test loss, guard rate). The training loss at step t is measured on
-    step t's batch before the update.
+class TaskCurves(NamedTuple):
+    """What :func:`run_task` returns (with leading axes added by the vmapped sweeps)."""
+    losses: Any       # (num_steps,) training loss at step t, on step t's batch, before the update
+    test_loss: Any    # held-out loss at the final parameters
+    rate: Any         # the guard's fallback / switch rate; NaN unguarded
+    final_loss: Any   # training loss at the final parameters (tasks.training.final_train_loss)
+
+
+def run_task(task, tx, key, num_steps, guard: bool = False) -> TaskCurves:
+    """Train ``task`` with optax ``tx`` (``tasks.training.train``). Returns
+    :class:`TaskCurves` (train losses (num_steps,), final test loss, guard rate, final training
+    loss). The training loss at step t is measured on step t's batch before the update; the final
+    training loss at the parameters the run returns, on 8 batches shared by every run from
+    ``key`` (a guard that ends on its fallback's parameters has exactly the fallback's).
 
     ``guard=True``: ``tx`` contains a guard; each step also samples a separate guard batch and
     passes it as ``value_fn`` (and the training batch's ``grad_fn``). The rate is the per-step
@@ -40,7 +50,8 @@ def run_task(task, tx, key, num_steps, guard: bool = False):
     from the same key share their first steps' batches."""
     run = training.train(task, tx, key, num_steps, guarded=guard)
     if not guard:
-        return run.losses, run.test_loss, jnp.full((), jnp.nan, jnp.float32)
+        return TaskCurves(run.losses, run.test_loss, jnp.full((), jnp.nan, jnp.float32),
+                          run.final_loss)
     step_guard = find_guard_state(run.opt_state)
     trajectory = find_trajectory_guard_state(run.opt_state)
     if (step_guard is None) == (trajectory is None):
@@ -51,7 +62,7 @@ def run_task(task, tx, key, num_steps, guard: bool = False):
                               "or learned_opt.trajectory_guard.trajectory_guarded(lopt, theta) / "
                               "trajectory_guard(tx, fallback)")
     rate = fallback_rate(step_guard) if step_guard is not None else switch_rate(trajectory)
-    return run.losses, run.test_loss, rate
+    return TaskCurves(run.losses, run.test_loss, rate, run.final_loss)
 
 
 def family_curves(family, cfgs, keys, make_tx: Callable[[Any], optax.GradientTransformation],
@@ -60,16 +71,15 @@ def family_curves(family, cfgs, keys, make_tx: Callable[[Any], optax.GradientTra
 
     With ``hparam_axis=0`` the leading axis of ``hparams`` is an extra vmapped axis
     (e.g. a learning-rate grid) and outputs have shape (num_hparams, num_tasks, ...).
-    Returns numpy (losses, test losses, guard rates); ``guard`` as in :func:`run_task`
-    (the rates are NaN when unguarded).
+    Returns :class:`TaskCurves` of numpy arrays; ``guard`` as in :func:`run_task` (the rates
+    are NaN when unguarded).
     """
     def one(cfg, key, hp):
         return run_task(family.task(cfg), make_tx(hp), key, num_steps, guard=guard)
 
     over_tasks = jax.vmap(one, in_axes=(0, 0, None))
     fn = over_tasks if hparam_axis is None else jax.vmap(over_tasks, in_axes=(None, None, 0))
-    losses, test, rate = jax.jit(fn)(cfgs, keys, hparams)
-    return np.asarray(losses), np.asarray(test), np.asarray(rate)
+    return TaskCurves(*(np.asarray(x) for x in jax.jit(fn)(cfgs, keys, hparams)))
 
 
 def smooth(curve: np.ndarray, window: int) -> np.ndarray:

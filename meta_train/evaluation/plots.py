@@ -55,7 +55,8 @@ def plot_curves(curves: dict[str, np.ndarray], path: str, title: str, ylabel: st
 
 def _line_styles():
     """label -> matplotlib style: Adam tuned black, Adam lr=1e-3 grey, the baselines thin
-    and dotted, each learned optimizer its own colour with its " +guard" version dashed."""
+    and dotted, each learned optimizer its own colour with its " +guard" version dashed and its
+    " +traj-guard" version dash-dotted."""
     colours: dict[str, str] = {}
     # tab10 without its grey, which is Adam lr=1e-3's colour
     palette = iter(["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -65,12 +66,13 @@ def _line_styles():
         fixed = {"Adam tuned": dict(color="black", lw=2.0), "Adam lr=1e-3": dict(color="0.55")}
         if label in fixed:
             return fixed[label]
-        base = label.removesuffix(" +guard")
+        base = label.removesuffix(" +guard").removesuffix(" +traj-guard")
         if base not in colours:
             colours[base] = next(palette)
         if label.endswith(" tuned"):
             return dict(color=colours[base], lw=0.9, ls=":")
-        return dict(color=colours[base], lw=1.6, ls="--" if label.endswith(" +guard") else "-")
+        ls = "--" if label.endswith(" +guard") else "-." if label.endswith(" +traj-guard") else "-"
+        return dict(color=colours[base], lw=1.6, ls=ls)
     return style
 
 
@@ -105,6 +107,26 @@ def plot_speedup(steps: np.ndarray, medians: dict[str, np.ndarray], path: str, t
     ax.axhline(1.0, color="black", lw=0.6, ls=":")
     ax.set(title=title, xlabel="step t", ylabel="speedup over tuned Adam at t (median over tasks)")
     ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_profiles(taus: np.ndarray, profiles: dict[str, tuple[np.ndarray, np.ndarray]], path: str,
+                  title: str) -> None:
+    """Performance profiles: per label, the fraction of runs whose score is above tau (log x
+    axis), with its (2, len(taus)) interval as a band."""
+    fig, ax = plt.subplots(figsize=(7.6, 4.6))
+    style = _line_styles()
+    for label, (p, ci) in profiles.items():
+        st = style(label)
+        ax.plot(taus, p, label=label, **st)
+        ax.fill_between(taus, ci[0], ci[1], color=st["color"], alpha=0.12, lw=0)
+    ax.axvline(1.0, color="black", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set(title=title, xlabel="tau (speedup over tuned Adam)", ylabel="fraction of runs with speedup > tau",
+           ylim=(0, 1.02))
+    ax.legend(fontsize=6.5, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -3,7 +3,7 @@ optimizers, their loss-guarded versions, Adam (lr=1e-3 and tuned per task) and t
 on held-out suites: unseen tasks of the meta-training family, a horizon ``long_factor`` times
 longer, and tasks outside the family (``tasks.suites``, run by ``meta_train.evaluation.compare``).
 Headline figure: speedup over tuned Adam (``meta_train.evaluation.speedup``); also final loss relative to tuned Adam, cost per step
-relative to Adam, guard fallback rates, meta-training curves, the command and package versions."""
+relative to Adam, the guards' fallback and switch rates, meta-training curves, the command and package versions."""
 from __future__ import annotations
 
 import datetime
@@ -21,6 +21,7 @@ from learned_opt.baselines import LR_GRIDS
 from learned_opt.errors import LearnedOptError
 from learned_opt.files import atomic_write_text, read_jsonl
 from learned_opt.loss_guard import guarded
+from learned_opt.trajectory_guard import trajectory_guarded
 from learned_opt.shipped import resolve
 from meta_train.evaluation import compare as cmp
 from meta_train.evaluation import curves as ev
@@ -62,9 +63,9 @@ def _speedup_cell(agg: dict) -> str:
 
 def summarize_suite(res: dict) -> list[dict]:
     """The numbers of a suite's table and of report.json (a new report column is a key here and a cell
-    in :func:`_suite_section`). Per optimizer: speedup over tuned Adam at the last step, and final training loss (mean
-    over seeds) relative to tuned Adam's, on each task and aggregated."""
-    mean = {k: ev.final_loss(v).mean(axis=-1) for k, v in res["curves"].items()}
+    in :func:`_suite_section`). Per optimizer: speedup over tuned Adam at the last step, and final training loss (at
+    the final parameters, mean over seeds) relative to tuned Adam's, on each task and aggregated."""
+    mean = {k: v.mean(axis=-1) for k, v in res["final"].items()}
     ref = mean[cmp.ADAM_TUNED]
     ref_test = res["test"][cmp.ADAM_TUNED].mean(axis=-1)
     rows = []
@@ -77,6 +78,7 @@ def summarize_suite(res: dict) -> list[dict]:
         per_task = [s[0] for s in cmp.speedups(res, label)]
         rows.append({
             "optimizer": label,
+            "guard": res.get("guard", {}).get(label),
             "speedup": sp.aggregate(per_task),
             "speedups": [s.value for s in per_task],
             "speedups_text": [sp.fmt(s) for s in per_task],
@@ -100,7 +102,7 @@ def _suite_section(res: dict, rows: list[dict], pngs: tuple[str, str]) -> list[s
     lines = [f"## Suite `{s.name}`", "", s.title + f"; {res['num_seeds']} seeds per task.", "",
              "| optimizer | speedup over tuned Adam: median [q25, q75] | tasks faster than Adam | "
              "final loss / tuned Adam: median | worst task | test loss / tuned Adam (median) | "
-             "diverged | guard fallback rate |",
+             "diverged | guard rate (steps on Adam's proposal / checks that switched) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a = r["speedup"]
@@ -129,9 +131,10 @@ def _speedup_medians(res: dict, points: int = 40):
                                     axis=0) for label in res["labels"]}
 
 
-def step_costs(suite, entries, guard: bool, num_steps: int = 200, repeats: int = 3) -> list[tuple[str, float]]:
+def step_costs(suite, entries, guard=True, num_steps: int = 200, repeats: int = 3) -> list[tuple[str, float]]:
     """Wall time per training step on the suite's first task relative to Adam's: one jitted
-    scan of ``num_steps`` steps per optimizer, best of ``repeats``."""
+    scan of ``num_steps`` steps per optimizer (and behind each guard of ``guard``, see
+    ``compare.guard_kinds``), best of ``repeats``."""
     cfgs, keys = suite.tasks(1)
     task = suite.task_family.task(jax.tree.map(lambda x: x[0], cfgs))
 
@@ -150,9 +153,32 @@ def step_costs(suite, entries, guard: bool, num_steps: int = 200, repeats: int =
     out = [("Adam", 1.0)]
     for e in entries:
         out.append((e.label, cost(e.lopt.as_optax(e.theta)) / adam))
-        if guard:
-            out.append((e.label + " +guard", cost(guarded(e.lopt, e.theta, optax.adam(1e-3)), True) / adam))
+        for kind in cmp.guard_kinds(guard):
+            tx = (guarded(e.lopt, e.theta, optax.adam(1e-3)) if kind == "step" else
+                  trajectory_guarded(e.lopt, e.theta, optax.adam(1e-3), num_steps=num_steps))
+            out.append((e.label + cmp.GUARD_SUFFIX[kind], cost(tx, True) / adam))
     return out
+
+
+def evaluate_suite(suite, entries, out_dir: str, guard=True, progress=None, seeds: int = 3,
+                   baselines=cmp.DEFAULT_BASELINES, adam_factor: int = 4, num_tasks: int | None = None):
+    """One suite of a report (or of ``lopt bench``): ``compare.run_suite`` (on a long-horizon
+    suite with no baselines besides Adam and Adam's reference at most 2x the horizon, to bound
+    the cost), :func:`summarize_suite`, and its two PNGs written into ``out_dir``. Returns (res,
+    rows, (curves png, speedup png))."""
+    long = suite.kind == "long_horizon"
+    res = cmp.run_suite(suite, entries, guard=guard, progress=progress, num_seeds=seeds,
+                        baselines=() if long else baselines,
+                        adam_factor=min(2, adam_factor) if long else adam_factor, num_tasks=num_tasks)
+    rows = summarize_suite(res)
+    pngs = (f"suite_{suite.name}.png", f"speedup_{suite.name}.png")
+    mean_curves = {k: v.mean(axis=1) for k, v in res["curves"].items()}
+    plot_suite(mean_curves, ev.final_loss(mean_curves[cmp.ADAM_TUNED]), os.path.join(out_dir, pngs[0]),
+               f"{suite.name}: {len(res['task_labels'])} tasks x {res['num_seeds']} seeds, "
+               f"{suite.num_steps} steps", window=res["window"])
+    steps, medians = _speedup_medians(res)
+    plot_speedup(steps, medians, os.path.join(out_dir, pngs[1]), f"{suite.name}: speedup over tuned Adam")
+    return res, rows, pngs
 
 
 def _meta_training_section(paths, entries, metas, out_dir) -> list[str]:
@@ -182,7 +208,7 @@ def _headline(results, entries) -> list[str]:
              "Median speedup over tuned Adam at the last step [tasks faster than Adam] (the worst "
              "task's final loss / tuned Adam's).", "",
              "| optimizer | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
-    labels = [lab for e in entries for lab in (e.label, e.label + " +guard")]
+    labels = [lab for e in entries for lab in (e.label, *(e.label + x for x in cmp.GUARD_SUFFIX.values()))]
     for _, rows, _ in results:
         labels += [r["optimizer"] for r in rows if r["optimizer"] not in labels + [cmp.ADAM_DEFAULT]]
     for lab in labels:
@@ -201,7 +227,7 @@ def _headline(results, entries) -> list[str]:
 
 
 def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int | None = None,
-                 long_factor: int = 5, ood_tasks: int = 4, guard: bool = True,
+                 long_factor: int = 5, ood_tasks: int = 4, guard=True,
                  command: str | None = None, progress=None, suite_names=None, seeds: int = 3,
                  baselines=cmp.DEFAULT_BASELINES, adam_factor: int = 4) -> dict:
     """Evaluate ``checkpoints`` (one path or a list) on the held-out suites of the first
@@ -234,18 +260,8 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
     t0 = time.time()
     results, summary = [], {}
     for suite in suites:
-        long = suite.name == "long_horizon"
-        res = cmp.run_suite(suite, entries, guard=guard, progress=progress, num_seeds=seeds,
-                            baselines=() if long else baselines, adam_factor=min(2, adam_factor) if long
-                            else adam_factor)
-        rows = summarize_suite(res)
-        pngs = (f"suite_{suite.name}.png", f"speedup_{suite.name}.png")
-        mean_curves = {k: v.mean(axis=1) for k, v in res["curves"].items()}
-        plot_suite(mean_curves, ev.final_loss(mean_curves[cmp.ADAM_TUNED]), os.path.join(out_dir, pngs[0]),
-                   f"{suite.name}: {suite.num_tasks} tasks x {res['num_seeds']} seeds, {suite.num_steps} steps",
-                   window=res["window"])
-        steps, medians = _speedup_medians(res)
-        plot_speedup(steps, medians, os.path.join(out_dir, pngs[1]), f"{suite.name}: speedup over tuned Adam")
+        res, rows, pngs = evaluate_suite(suite, entries, out_dir, guard=guard, progress=progress,
+                                         seeds=seeds, baselines=baselines, adam_factor=adam_factor)
         results.append((res, rows, pngs))
         summary[suite.name] = rows
     if progress:
@@ -268,20 +284,28 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
              "little below 1). A value marked ≥ is censored: the optimizer got below everything Adam "
              "reached in its longer run; medians count such tasks at their lower bound. "
              "`diverged` = non-finite or ending above the initial loss.", "",
-             "**Final loss** is the mean training loss over the last 5% of steps (seed mean) divided by "
-             "tuned Adam's on the same task (below 1 = better). Adam and each baseline (`NAME tuned`) are "
-             "tuned per task on that final loss over a half-decade log grid (`learned_opt.baselines."
-             "LR_GRIDS`). `+guard` is the loss-guarded version (LGL2O): each step the learned optimizer and "
-             "Adam at the task's tuned learning rate both propose parameters, their losses are compared "
-             "on a fresh guard batch and the lower is kept; the fallback rate is the fraction of steps "
-             "that took Adam's proposal.", ""]
+             "**Final loss** is the training loss at the parameters the run ends with (mean over 8 "
+             "training batches shared by every optimizer, then over seeds) divided by tuned Adam's on the "
+             "same task (below 1 = better). Adam and each baseline (`NAME tuned`) are tuned per task on the "
+             "mean training loss over the last 5% of steps, over a half-decade log grid (`learned_opt."
+             "baselines.LR_GRIDS`). Both guards fall back to Adam at the task's tuned learning rate. "
+             "`+guard` is the per-step loss guard (LGL2O): each step the learned optimizer and Adam both "
+             "propose parameters from the same point, their losses are compared on a fresh guard batch "
+             "and the lower is kept; its rate is the fraction of steps that took Adam's proposal. "
+             "`+traj-guard` is the trajectory guard: tuned Adam runs its own trajectory alongside, and at "
+             f"checks (every {results[0][0]['check_every']} steps and the last) the run moves onto Adam's "
+             "parameters when its smoothed guard-batch loss trails Adam's by more than 5%; its rate is the "
+             "fraction of checks that switched. A guarded run's training curve is the trajectory it "
+             "followed (its speedup is measured on it); a switch at the last step shows only in the final "
+             "loss.", ""]
     lines += _headline(results, entries)
     for res, rows, pngs in results:
         lines += _suite_section(res, rows, pngs)
     lines += ["## Cost per step", "",
               f"Wall time of a training step on the first task of `{suites[0].name}` relative to Adam "
-              f"(jitted scan of 200 steps, best of 3, {jax.devices()[0].platform}). The guard adds two "
-              "loss evaluations and Adam's update per step.", "",
+              f"(jitted scan of 200 steps, best of 3, {jax.devices()[0].platform}). The per-step guard "
+              "adds two loss evaluations and Adam's update per step; the trajectory guard also Adam's own "
+              "gradient (about 2x an unguarded step).", "",
               "| optimizer | time per step / Adam's |", "|---|---|"]
     lines += [f"| {label} | {c:.2f} |" for label, c in costs] + [""]
     lines += _meta_training_section(paths, entries, metas, out_dir)
@@ -309,9 +333,9 @@ def summary_lines(rep: dict) -> list[str]:
     for suite, rows in rep["summary"].items():
         parts = [f"{r['optimizer']} {_speedup_median(r['speedup'])}x / {r['median_ratio']:.3f}"
                  for r in rows if r["optimizer"] in rep["optimizers"]
-                 or r["optimizer"].removesuffix(" +guard") in rep["optimizers"]]
+                 or cmp.unguarded_label(r["optimizer"]) in rep["optimizers"]]
         out.append(f"  {suite}: " + "; ".join(parts))
     return out
 
 
-__all__ = ["write_report", "summary_lines"]
+__all__ = ["write_report", "summary_lines", "evaluate_suite", "summarize_suite", "step_costs"]
