@@ -23,7 +23,7 @@ from learned_opt.checkpoint import Loaded, load, load_theta, read_header, save
 from learned_opt.shipped import shipped_names
 from learned_opt.mlp import MLP, MLPConfig, MLPState
 from learned_opt.optax_adapter import LearnedOptaxState, as_optax
-from learned_opt.trajectory_guard import (TrajectoryGuardState, find_trajectory_guard_state,
+from learned_opt.trajectory_guard import (TrajectoryGuardState, final_choice, find_trajectory_guard_state,
                                           smoothed_losses, switch_rate, trajectory_guard,
                                           trajectory_guarded)
 from learned_opt.rnn_mlp import RNNMLP, RNNMLPConfig, RNNMLPState
@@ -35,7 +35,7 @@ __all__ = [
     "AdafactorMLP", "AdafactorMLPConfig", "AdafactorMLPState",
     "RNNMLP", "RNNMLPConfig", "RNNMLPState",
     "LossGuardState", "fallback_rate", "guarded", "loss_guard",
-    "TrajectoryGuardState", "find_trajectory_guard_state", "smoothed_losses", "switch_rate",
+    "TrajectoryGuardState", "final_choice", "find_trajectory_guard_state", "smoothed_losses", "switch_rate",
     "trajectory_guard", "trajectory_guarded",
     "LSTM", "LSTMConfig", "LSTMState", "preprocess_gradient",
     "DEFAULT_LEARNING_RATES", "baseline_names", "make_baseline",

@@ -146,7 +146,8 @@ def cmd_apply(args) -> int:
     elif args.guard == "trajectory":
         last = (f", last after step {r['last_switch_step'] + 1}" if r["switches"] else "")
         print(f"trajectory guard: switched to Adam's run at {r['switches']} of {r['checks']} checks "
-              f"({100 * r['switch_rate']:.1f}%, every {r['check_every']} steps and the last){last}")
+              f"({100 * r['switch_rate']:.1f}%: every {r['check_every']} steps, the last step and a final "
+              f"choice on 16 training batches){last}")
     lo, ad = r["learned"], r["adam"]
     print(f"{args.task}, {args.steps} steps: final training loss learned {lo['final_train_loss']:.4f} "
           f"vs Adam(lr={args.adam_lr:g}) {ad['final_train_loss']:.4f}; test loss "
@@ -161,7 +162,7 @@ def cmd_bench(args) -> int:
                                                                 flush=True))
     r = run_bench(args.optimizers or None, args.suite, out_dir=args.out, full=args.full,
                   seeds=args.seeds, max_tasks=args.max_tasks, reps=args.reps, progress=progress,
-                  command=command)
+                  command=command, baselines=args.baselines)
     print(f"leaderboard -> {r['path']} ({r['wall_s']:.0f} s); IQM speedup over tuned Adam [95% CI]:")
     print("\n".join(summary_lines(r)))
     return 0
@@ -311,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every task of each suite and 3 seeds (default: the first 2 tasks of each, 2 seeds)")
     b.add_argument("--seeds", type=int, help="seeds per task (>= 2; overrides the default / --full)")
     b.add_argument("--max-tasks", type=int, help="at most this many tasks per suite")
+    b.add_argument("--baselines", type=_baseline_list, default=None,
+                   help="comma-separated baselines tuned per task besides Adam, or 'none' "
+                        "(default: adamw,momentum,rmsprop,lion,radam)")
     b.add_argument("--reps", type=int, default=2000, help="bootstrap replicates (default: %(default)s)")
     b.add_argument("--out", default="runs/bench", help="output directory (default: %(default)s)")
     b.add_argument("--no-progress", action="store_true", help="no progress messages")

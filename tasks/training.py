@@ -26,7 +26,11 @@ held-out loss (``task.eval_loss(params, "test")``, else the mean over 8 fresh ba
 ``k_eval``, and the final training loss: the loss at the final parameters on the 8 training
 batches ``sample_batch(k)`` for ``k`` in ``split(fold_in(k_eval, 1), 8)`` (the same batches for
 every optimizer run from ``key``, so two runs that end on the same parameters have the same final
-loss, whatever their trajectories). Everything is pure and jit-able; vmap it over tasks, seeds or hyper-parameters.
+loss, whatever their trajectories). With ``finalize`` (a trajectory guard's last check on more
+data, see ``learned_opt.trajectory_guard.final_choice``) the parameters after the last step are
+``finalize(params, opt_state, decide)`` before those losses are taken, where ``decide(p)`` is the
+mean training loss over the 16 batches keyed ``split(fold_in(k_eval, 2), 16)`` (other batches than
+the reported final training loss's). Everything is pure and jit-able; vmap it over tasks, seeds or hyper-parameters.
 """
 from __future__ import annotations
 
@@ -107,10 +111,12 @@ class Run(NamedTuple):
 
 
 def train(task, tx: optax.GradientTransformation, key: jax.Array, num_steps: int,
-          guarded: bool = False) -> Run:
+          guarded: bool = False, finalize: Callable | None = None) -> Run:
     """Train ``task`` for ``num_steps`` with optax ``tx`` from ``key`` (see the module docstring).
     ``guarded``: ``tx`` is a guard (per-step ``loss_guard`` or ``trajectory_guard``) and every
-    step passes it the guard batch's ``value_fn`` and the training batch's ``grad_fn``."""
+    step passes it the guard batch's ``value_fn`` and the training batch's ``grad_fn``;
+    ``finalize(params, opt_state, decide) -> (params, opt_state)`` runs after the last step (see
+    the module docstring)."""
     k_init, k_run, k_eval = jax.random.split(key, 3)
     params = task.init(k_init)
     opt_state = optax.with_extra_args_support(tx).init(params)
@@ -123,6 +129,11 @@ def train(task, tx: optax.GradientTransformation, key: jax.Array, num_steps: int
         return (params, opt_state), loss
 
     (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jnp.arange(num_steps))
+    if finalize is not None:
+        decide_keys = jax.random.split(jax.random.fold_in(k_eval, 2), 16)
+        decide = lambda p: jnp.mean(jax.vmap(  # noqa: E731
+            lambda k: task.loss(p, k, task.sample_batch(k)))(decide_keys))
+        params, opt_state = finalize(params, opt_state, decide)
     return Run(losses, final_split_loss(task, params, k_eval), params, opt_state,
                final_train_loss(task, params, k_eval))
 

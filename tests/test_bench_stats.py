@@ -103,7 +103,7 @@ def test_bench_end_to_end_and_resume(tmp_path):
     out = str(tmp_path / "b")
     msgs = []
     r = bench.run_bench(["mlp"], ["quadratic_30d"], out_dir=out, max_tasks=1, reps=200,
-                        progress=msgs.append)
+                        progress=msgs.append, baselines=("momentum",))
     text = open(r["path"]).read()
     for needle in ("## Leaderboard", "mlp +traj-guard", "mlp +guard", "Adam tuned", "momentum tuned",
                    "profiles.png", "## The guards", "## Cost per step", "Suite `quadratic_30d`"):
@@ -122,7 +122,7 @@ def test_bench_end_to_end_and_resume(tmp_path):
     # a rerun reuses the saved suite (no training) and ranks identically
     msgs.clear()
     r2 = bench.run_bench(["mlp"], ["quadratic_30d"], out_dir=out, max_tasks=1, reps=200,
-                         progress=msgs.append)
+                         progress=msgs.append, baselines=("momentum",))
     assert any("done earlier" in m for m in msgs), msgs
     assert [x["optimizer"] for x in r2["leaderboard"]] == [x["optimizer"] for x in r["leaderboard"]]
     # other settings do not reuse it

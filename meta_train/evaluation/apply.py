@@ -70,7 +70,8 @@ def apply_to_task(checkpoint: str, task_name: str, steps: int = 1000, seed: int 
     elif kind == "trajectory":
         tx = trajectory_guarded(lopt, theta, optax.adam(adam_lr), check_every=check_every,
                                 num_steps=steps)
-        run = jax.jit(lambda k: training.train(task, tx, k, steps, guarded=True))(key)
+        run = jax.jit(lambda k: training.train(task, tx, k, steps, guarded=True,
+                                               finalize=ev.finalize_trajectory))(key)
         lo, lo_test, lo_fin = run.losses, run.test_loss, run.final_loss
         g = find_trajectory_guard_state(run.opt_state)
         extra = {"switch_rate": float(switch_rate(g)),

@@ -32,6 +32,7 @@ import time
 import jax
 import numpy as np
 
+from learned_opt.baselines import LR_GRIDS
 from learned_opt.errors import LearnedOptError
 from learned_opt.files import atomic_write_text
 from learned_opt.shipped import resolve, shipped_names
@@ -155,11 +156,12 @@ def guard_table(records: list[dict], entries_labels: list[str]) -> list[dict]:
 
 def run_bench(optimizers=None, suite_names=None, out_dir: str = "runs/bench", full: bool = False,
               seeds: int | None = None, max_tasks: int | None = None, reps: int = stats.DEFAULT_REPS,
-              progress=None, command: str | None = None) -> dict:
+              progress=None, command: str | None = None, baselines=None) -> dict:
     """Run (or resume) the bench and write ``leaderboard.md``, ``bench.json`` and the plots into
     ``out_dir``. ``optimizers``: checkpoint paths or shipped names (default: all shipped);
     ``suite_names``: default all named suites; ``full``: all tasks of each suite and 3 seeds
-    (default: the first 2 tasks, 2 seeds); ``seeds``/``max_tasks`` override either."""
+    (default: the first 2 tasks, 2 seeds); ``seeds``/``max_tasks``/``baselines`` (names of
+    ``learned_opt.baselines.LR_GRIDS`` besides Adam) override either."""
     names = list(optimizers or shipped_names())
     if not names:
         raise LearnedOptError("no optimizers to benchmark: none shipped and none given")
@@ -170,6 +172,12 @@ def run_bench(optimizers=None, suite_names=None, out_dir: str = "runs/bench", fu
         cfg["seeds"] = seeds
     if max_tasks is not None:
         cfg["max_tasks"] = max_tasks
+    if baselines is not None:
+        unknown = [b for b in baselines if b not in LR_GRIDS or b == "adam"]
+        if unknown:
+            raise LearnedOptError(f"unknown baseline(s) {unknown}; known: "
+                                  f"{sorted(b for b in LR_GRIDS if b != 'adam')}")
+        cfg["baselines"] = tuple(baselines)
     if cfg["seeds"] < 2:
         raise LearnedOptError("the bench needs at least 2 seeds per task (the bootstrap resamples seeds)")
     entries, _ = cmp.load_entries(paths)

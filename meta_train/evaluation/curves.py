@@ -20,7 +20,7 @@ import optax
 
 from learned_opt.errors import LearnedOptError
 from learned_opt.loss_guard import fallback_rate, find_guard_state
-from learned_opt.trajectory_guard import find_trajectory_guard_state, switch_rate
+from learned_opt.trajectory_guard import final_choice, find_trajectory_guard_state, switch_rate
 from tasks import training
 
 DEFAULT_ADAM_LR = 1e-3
@@ -32,6 +32,15 @@ class TaskCurves(NamedTuple):
     test_loss: Any    # held-out loss at the final parameters
     rate: Any         # the guard's fallback / switch rate; NaN unguarded
     final_loss: Any   # training loss at the final parameters (tasks.training.final_train_loss)
+
+
+def finalize_trajectory(params, opt_state, decide):
+    """``tasks.training.train``'s ``finalize`` for a guarded run: a trajectory guard's last check
+    on the 16 decision batches (``learned_opt.trajectory_guard.final_choice``); a run without a
+    trajectory guard is returned as it is."""
+    if find_trajectory_guard_state(opt_state) is None:
+        return params, opt_state
+    return final_choice(opt_state, params, decide)
 
 
 def run_task(task, tx, key, num_steps, guard: bool = False) -> TaskCurves:
@@ -46,9 +55,11 @@ def run_task(task, tx, key, num_steps, guard: bool = False) -> TaskCurves:
     loss guard's fallback rate (``learned_opt.loss_guard``: the fraction of steps that kept the
     fallback's candidate) or the trajectory guard's switch rate
     (``learned_opt.trajectory_guard``: the fraction of its checks that moved the run onto the
-    fallback run's parameters). Unguarded runs return NaN for it. Runs of different lengths
+    fallback run's parameters, counting its last check on more data: ``finalize_trajectory``).
+    Unguarded runs return NaN for it. Runs of different lengths
     from the same key share their first steps' batches."""
-    run = training.train(task, tx, key, num_steps, guarded=guard)
+    run = training.train(task, tx, key, num_steps, guarded=guard,
+                         finalize=finalize_trajectory if guard else None)
     if not guard:
         return TaskCurves(run.losses, run.test_loss, jnp.full((), jnp.nan, jnp.float32),
                           run.final_loss)
