@@ -67,11 +67,12 @@ limits:
 **The last check on more data.** One guard batch per step says little about the full loss when
 per-example losses are heavy-tailed (measured on a digits MLP memorised to losses ~1e-3: the
 kept learned parameters were better on the median batch, per-batch ratio 0.70, and 2x worse on
-the mean of 64 batches, because of rare batches 5x worse). :func:`final_choice` makes the final
-decision on any loss the caller passes (many batches, the training set), with the same
-tolerance; ``tasks.training.train(..., finalize=...)`` and every report do it on 16 training
-batches. With it the guarantee is in that loss: the returned parameters are the fallback run's
-final ones or within the tolerance of them.
+the mean of 64 batches, because of rare batches 5x worse; a decision on 16 fresh batches still
+kept a run that was 2x worse on 8 others, on small conv nets on digits). :func:`final_choice`
+makes the final decision on any loss the caller passes (the training set, many batches), with
+the same tolerance; ``tasks.training.train(..., finalize=...)`` and every report do it on the
+final training loss they report (the whole training split). With it the guarantee is in that
+loss: the returned parameters are the fallback run's final ones or within the tolerance of them.
 
 **Cost per step: about 2x an unguarded step.** Besides the caller's forward+backward on the
 training batch and the learned optimizer's update: one more forward+backward (the fallback's

@@ -23,14 +23,14 @@ A run of ``T`` steps from ``key``: ``k_init, k_run, k_eval = split(key, 3)``, pa
 ``task.init(k_init)``, step ``t`` keyed by ``fold_in(k_run, t)`` (so the first ``T`` steps of a
 longer run are the ``T``-step run, batch for batch), a ``lax.scan`` over the steps, the final
 held-out loss (``task.eval_loss(params, "test")``, else the mean over 8 fresh batches) from
-``k_eval``, and the final training loss: the loss at the final parameters on the 8 training
-batches ``sample_batch(k)`` for ``k`` in ``split(fold_in(k_eval, 1), 8)`` (the same batches for
-every optimizer run from ``key``, so two runs that end on the same parameters have the same final
-loss, whatever their trajectories). With ``finalize`` (a trajectory guard's last check on more
-data, see ``learned_opt.trajectory_guard.final_choice``) the parameters after the last step are
-``finalize(params, opt_state, decide)`` before those losses are taken, where ``decide(p)`` is the
-mean training loss over the 16 batches keyed ``split(fold_in(k_eval, 2), 16)`` (other batches than
-the reported final training loss's). Everything is pure and jit-able; vmap it over tasks, seeds or hyper-parameters.
+``k_eval``, and the final training loss at the final parameters: ``task.eval_loss(params,
+"train")`` (the whole training split; for the synthetic families the expected loss) when the task
+has ``eval_loss``, else the mean over the 8 training batches keyed ``split(fold_in(k_eval, 1),
+8)``. Two runs that end on the same parameters have the same final loss, whatever their
+trajectories. With ``finalize`` (a trajectory guard's last check, see
+``learned_opt.trajectory_guard.final_choice``) the parameters after the last step are
+``finalize(params, opt_state, final_train_loss)`` before those losses are taken: the choice is
+made on the same loss the run reports.
 """
 from __future__ import annotations
 
@@ -95,8 +95,11 @@ def final_split_loss(task, params, key: jax.Array) -> jax.Array:
 
 
 def final_train_loss(task, params, key: jax.Array, num_batches: int = 8) -> jax.Array:
-    """The training loss at ``params``: the mean over ``num_batches`` training batches keyed
+    """The training loss at ``params``: ``task.eval_loss(params, "train")`` when the task has
+    ``eval_loss``, else the mean over ``num_batches`` training batches keyed
     ``split(fold_in(key, 1), num_batches)`` (``key`` is the run's ``k_eval``)."""
+    if task.eval_loss is not None:
+        return task.eval_loss(params, "train")
     keys = jax.random.split(jax.random.fold_in(key, 1), num_batches)
     return jnp.mean(jax.vmap(lambda k: task.loss(params, k, task.sample_batch(k)))(keys))
 
@@ -115,8 +118,8 @@ def train(task, tx: optax.GradientTransformation, key: jax.Array, num_steps: int
     """Train ``task`` for ``num_steps`` with optax ``tx`` from ``key`` (see the module docstring).
     ``guarded``: ``tx`` is a guard (per-step ``loss_guard`` or ``trajectory_guard``) and every
     step passes it the guard batch's ``value_fn`` and the training batch's ``grad_fn``;
-    ``finalize(params, opt_state, decide) -> (params, opt_state)`` runs after the last step (see
-    the module docstring)."""
+    ``finalize(params, opt_state, loss_fn) -> (params, opt_state)`` runs after the last step
+    with ``loss_fn`` = :func:`final_train_loss` (see the module docstring)."""
     k_init, k_run, k_eval = jax.random.split(key, 3)
     params = task.init(k_init)
     opt_state = optax.with_extra_args_support(tx).init(params)
@@ -130,10 +133,7 @@ def train(task, tx: optax.GradientTransformation, key: jax.Array, num_steps: int
 
     (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jnp.arange(num_steps))
     if finalize is not None:
-        decide_keys = jax.random.split(jax.random.fold_in(k_eval, 2), 16)
-        decide = lambda p: jnp.mean(jax.vmap(  # noqa: E731
-            lambda k: task.loss(p, k, task.sample_batch(k)))(decide_keys))
-        params, opt_state = finalize(params, opt_state, decide)
+        params, opt_state = finalize(params, opt_state, lambda p: final_train_loss(task, p, k_eval))
     return Run(losses, final_split_loss(task, params, k_eval), params, opt_state,
                final_train_loss(task, params, k_eval))
 

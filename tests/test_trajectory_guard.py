@@ -316,7 +316,7 @@ def test_lopt_apply_guard_trajectory(tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "curves.json").read_text())
-    # 3 checks in the loop (steps 10, 20, 30) and the final choice on 16 batches
+    # 3 checks in the loop (steps 10, 20, 30) and the final choice on the training set
     assert result["guard"] == "trajectory" and result["checks"] == 4 and result["check_every"] == 10
     assert 0 <= result["switches"] <= 4
     assert result["switch_rate"] == pytest.approx(result["switches"] / 4)

@@ -52,8 +52,8 @@ def apply_to_task(checkpoint: str, task_name: str, steps: int = 1000, seed: int 
     """Train ``task_name`` (see ``tasks.list_tasks``) for ``steps`` with the optimizer in
     ``checkpoint`` (a file or a shipped name) and with Adam(``adam_lr``). Returns
     ``{"task", "steps", "seed", "checkpoint", "learned": {...}, "adam": {...}}`` with each
-    optimizer's final training loss (at the final parameters, on 8 training batches shared by
-    both runs: ``tasks.training.final_train_loss``), test loss and curve, and,
+    optimizer's final training loss (at the final parameters, over the whole training split:
+    ``tasks.training.final_train_loss``), test loss and curve, and,
     with a guard, ``"guard"`` (its kind) and: for ``"step"`` (or ``True``) ``"fallback_rate"``
     (fraction of steps that kept Adam's proposal); for ``"trajectory"`` ``"switch_rate"``
     (fraction of checks that moved the run onto Adam's run), ``"switches"``, ``"checks"``,

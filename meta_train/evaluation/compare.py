@@ -96,13 +96,13 @@ def _curves(fam, cfgs, keys, make_tx, per_task, shared, num_steps, guard=False):
 
 
 def _grid_curves(fam, cfgs, keys, make_tx, grid, num_steps):
-    """Every learning rate of ``grid`` on every task and seed: ``TaskCurves`` with leading axes
-    (lrs, tasks, seeds)."""
+    """Every learning rate of ``grid`` on every task and seed: the training curves, shape
+    (lrs, tasks, seeds, steps). Only the curves leave the jitted function, so XLA drops the
+    end-of-run evaluations (whole-split losses for every learning rate)."""
     def one(cfg, key, lr):
-        return ev.run_task(fam.task(cfg), make_tx(lr), key, num_steps)
+        return ev.run_task(fam.task(cfg), make_tx(lr), key, num_steps).losses
     f = jax.vmap(jax.vmap(one, in_axes=(None, 0, None)), in_axes=(0, 0, None))
-    out = jax.jit(jax.vmap(f, in_axes=(None, None, 0)))(cfgs, keys, jnp.asarray(grid))
-    return ev.TaskCurves(*(np.asarray(x) for x in out))
+    return np.asarray(jax.jit(jax.vmap(f, in_axes=(None, None, 0)))(cfgs, keys, jnp.asarray(grid)))
 
 
 def _tune(grid_losses, grid, num_steps):
@@ -143,7 +143,7 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
 
     say(f"{suite.name}: Adam over {len(LR_GRIDS['adam'])} learning rates x {adam_factor * T} steps")
     grid = np.asarray(LR_GRIDS["adam"], np.float32)
-    g_losses = _grid_curves(fam, cfgs, keys, optax.adam, grid, adam_factor * T).losses
+    g_losses = _grid_curves(fam, cfgs, keys, optax.adam, grid, adam_factor * T)
     envelopes = np.stack([sp.reference_envelope(g_losses[:, i], window) for i in range(n)])
     best = _tune(g_losses, grid, T)
     default = np.full(n, ev.DEFAULT_ADAM_LR, np.float32)
@@ -156,13 +156,13 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
     for name in baselines:
         say(f"{suite.name}: {name} over {len(LR_GRIDS[name])} learning rates")
         b_grid = np.asarray(LR_GRIDS[name], np.float32)
-        b_run = _grid_curves(fam, cfgs, keys, lambda lr, name=name: make_baseline(name, lr),
-                             b_grid, T)
-        b = _tune(b_run.losses, b_grid, T)
+        b = _tune(_grid_curves(fam, cfgs, keys, lambda lr, name=name: make_baseline(name, lr),
+                               b_grid, T), b_grid, T)
         label = f"{name} tuned"
-        curves[label] = np.stack([b_run.losses[b[i], i] for i in range(n)])
-        test[label] = np.stack([b_run.test_loss[b[i], i] for i in range(n)])
-        final[label] = np.stack([b_run.final_loss[b[i], i] for i in range(n)])
+        # the T-step runs at the chosen rates (curves as in the grid, same keys)
+        curves[label], test[label], _, final[label] = _curves(
+            fam, cfgs, keys, lambda lr, _, name=name: make_baseline(name, lr),
+            jnp.asarray(b_grid[b]), 0, T)
         tuned[label] = b_grid[b]
     for e in entries:
         say(f"{suite.name}: {e.label}")

@@ -36,7 +36,7 @@ class TaskCurves(NamedTuple):
 
 def finalize_trajectory(params, opt_state, decide):
     """``tasks.training.train``'s ``finalize`` for a guarded run: a trajectory guard's last check
-    on the 16 decision batches (``learned_opt.trajectory_guard.final_choice``); a run without a
+    on the final training loss (``learned_opt.trajectory_guard.final_choice``); a run without a
     trajectory guard is returned as it is."""
     if find_trajectory_guard_state(opt_state) is None:
         return params, opt_state
@@ -47,8 +47,8 @@ def run_task(task, tx, key, num_steps, guard: bool = False) -> TaskCurves:
     """Train ``task`` with optax ``tx`` (``tasks.training.train``). Returns
     :class:`TaskCurves` (train losses (num_steps,), final test loss, guard rate, final training
     loss). The training loss at step t is measured on step t's batch before the update; the final
-    training loss at the parameters the run returns, on 8 batches shared by every run from
-    ``key`` (a guard that ends on its fallback's parameters has exactly the fallback's).
+    training loss at the parameters the run returns (``tasks.training.final_train_loss``: the
+    whole training split) (a guard that ends on its fallback's parameters has exactly the fallback's).
 
     ``guard=True``: ``tx`` contains a guard; each step also samples a separate guard batch and
     passes it as ``value_fn`` (and the training batch's ``grad_fn``). The rate is the per-step

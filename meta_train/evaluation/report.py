@@ -284,8 +284,8 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
              "little below 1). A value marked ≥ is censored: the optimizer got below everything Adam "
              "reached in its longer run; medians count such tasks at their lower bound. "
              "`diverged` = non-finite or ending above the initial loss.", "",
-             "**Final loss** is the training loss at the parameters the run ends with (mean over 8 "
-             "training batches shared by every optimizer, then over seeds) divided by tuned Adam's on the "
+             "**Final loss** is the training loss at the parameters the run ends with (over the whole "
+             "training split; for the synthetic quadratics its expectation; mean over seeds) divided by tuned Adam's on the "
              "same task (below 1 = better). Adam and each baseline (`NAME tuned`) are tuned per task on the "
              "mean training loss over the last 5% of steps, over a half-decade log grid (`learned_opt."
              "baselines.LR_GRIDS`). Both guards fall back to Adam at the task's tuned learning rate. "
@@ -294,8 +294,9 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
              "and the lower is kept; its rate is the fraction of steps that took Adam's proposal. "
              "`+traj-guard` is the trajectory guard: tuned Adam runs its own trajectory alongside, and at "
              f"checks (every {results[0][0]['check_every']} steps and the last) the run moves onto Adam's "
-             "parameters when its smoothed guard-batch loss trails Adam's by more than 5%; its rate is the "
-             "fraction of checks that switched. A guarded run's training curve is the trajectory it "
+             "parameters when its smoothed guard-batch loss trails Adam's by more than 5%, and after the "
+             "last step it keeps the learned parameters only if their final training loss is within 5% "
+             "of Adam's; its rate is the fraction of checks that switched. A guarded run's training curve is the trajectory it "
              "followed (its speedup is measured on it); a switch at the last step shows only in the final "
              "loss.", ""]
     lines += _headline(results, entries)
