@@ -69,8 +69,66 @@ def _report_rows(report_dir: str, label: str) -> list[str]:
     return lines if found else []
 
 
+BENCH_HEADING = "## Benchmark"
+
+
+def bench_rows(bench_dir: str, label: str) -> list[str]:
+    """The model card's rows of ``lopt bench``'s leaderboard (``bench_dir/bench.json``): the
+    optimizer unguarded and behind each guard, with its rank, IQM speedup over tuned Adam and
+    fraction of tasks faster (95% intervals) over all suites, and the worst task's final loss."""
+    path = os.path.join(bench_dir, "bench.json")
+    if not os.path.exists(path):
+        return []
+    data = json.load(open(path))
+    board = data["leaderboard"]
+    lines = ["| optimizer | rank (of %d) | IQM speedup over tuned Adam, all suites [95%% CI] | tasks "
+             "faster [95%% CI] | worst task's final loss / tuned Adam's |" % len(board),
+             "|---|---|---|---|---|"]
+    found = False
+    for k, r in enumerate(board):
+        if r["optimizer"] in (label, label + " +guard", label + " +traj-guard"):
+            found = True
+            i, f = r["overall"]["iqm"], r["overall"]["frac_faster"]
+            worst = r["worst_final_ratio"]
+            lines.append(f"| {r['optimizer']} | {k + 1} | {i['value']:.2f} [{i['low']:.2f}, {i['high']:.2f}] "
+                         f"| {100 * f['value']:.0f}% [{100 * f['low']:.0f}, {100 * f['high']:.0f}] | "
+                         + ("diverged" if worst is None or worst == float("inf") else f"{worst:.3f}") + " |")
+    return lines if found else []
+
+
+def bench_section(bench_dir: str, label: str, dest: str) -> list[str]:
+    """The card's benchmark section (empty when the leaderboard does not list ``label``)."""
+    rows = bench_rows(bench_dir, label)
+    if not rows:
+        return []
+    rel = os.path.relpath(os.path.join(bench_dir, "leaderboard.md"), dest)
+    return [BENCH_HEADING, "", f"From the [leaderboard]({rel}) (`lopt bench`: every shipped optimizer, "
+            "unguarded and behind both guards, and tuned baselines on every named suite; per-suite "
+            "intervals, the guards' worst cases and cost per step there):", ""] + rows + [""]
+
+
+def update_card_bench(name: str, bench_dir: str, root: str = "checkpoints") -> str:
+    """Put (or replace) the benchmark section of ``root/name/MODEL_CARD.md``, before its
+    meta-training plot; returns the card's path."""
+    dest = os.path.join(root, name)
+    path = os.path.join(dest, "MODEL_CARD.md")
+    text = open(path).read()
+    label = learned_opt.load(os.path.join(dest, "optimizer.npz"))[0].architecture
+    section = bench_section(bench_dir, label, dest)
+    if BENCH_HEADING in text:                      # drop the old section up to the next heading/image
+        head, rest = text.split(BENCH_HEADING, 1)
+        tail = rest[min([i for i in (rest.find("\n## "), rest.find("\n![")) if i >= 0] or [len(rest)]) + 1:]
+        text = head + tail
+    marker = "![meta-training]"
+    head, sep, tail = text.partition(marker)
+    text = head + "\n".join(section) + ("\n" if section else "") + sep + tail
+    atomic_write_text(path, text)
+    return path
+
+
 def ship(run_dir: str, name: str, config_name: str, root: str = "checkpoints",
-         report_dir: str | None = None, label: str | None = None, notes: str = "") -> str:
+         report_dir: str | None = None, label: str | None = None, notes: str = "",
+         bench_dir: str | None = None) -> str:
     """Write ``root/name/`` from ``run_dir``; returns the model card's path."""
     lopt, theta, meta = learned_opt.load(os.path.join(run_dir, "optimizer.npz"))
     cfg = json.load(open(os.path.join(run_dir, "config.json")))
@@ -117,6 +175,8 @@ def ship(run_dir: str, name: str, config_name: str, root: str = "checkpoints",
         rel = os.path.relpath(os.path.join(report_dir, "report.md"), dest)
         lines += ["## Evaluation", "", f"From the [report]({rel}) (all shipped optimizers, tuned "
                   "baselines, curves, cost per step, the command and versions):", ""] + rows + [""]
+    if bench_dir:
+        lines += bench_section(bench_dir, label, dest)
     lines += ["![meta-training](meta_training.png)", ""]
     path = os.path.join(dest, "MODEL_CARD.md")
     atomic_write_text(path, "\n".join(lines))
@@ -132,8 +192,9 @@ def main(argv=None) -> int:
     ap.add_argument("--report", help="a report directory that evaluated this optimizer")
     ap.add_argument("--label", help="the optimizer's label in that report (default: its architecture)")
     ap.add_argument("--notes", default="", help="a paragraph added to the card")
+    ap.add_argument("--bench", help="a `lopt bench` output directory that ranked this optimizer")
     a = ap.parse_args(argv)
-    print(ship(a.run_dir, a.name, a.config, a.root, a.report, a.label, a.notes))
+    print(ship(a.run_dir, a.name, a.config, a.root, a.report, a.label, a.notes, a.bench))
     return 0
 
 

@@ -106,3 +106,34 @@ def test_cli_applies_a_shipped_optimizer_by_name(tmp_path):
 def test_wall_time_sums_resumed_segments():
     recs = [{"time_s": 1.0}, {"eval_mean_loss": 0.5}, {"time_s": 10.0}, {"time_s": 2.0}, {"time_s": 5.0}]
     assert wall_time_s(recs) == 15.0
+
+
+def test_model_card_benchmark_section_is_put_and_replaced(tmp_path):
+    """update_card_bench writes the optimizer's leaderboard rows (unguarded, +guard,
+    +traj-guard) before the meta-training plot, and a second call replaces them."""
+    import json
+    import shutil
+    from meta_train.ship import BENCH_HEADING, update_card_bench
+    root = tmp_path / "ck"
+    shutil.copytree(os.path.join(ROOT, "checkpoints", "mlp"), root / "mlp")
+    bench = tmp_path / "bench"
+    bench.mkdir()
+
+    def write(iqm):
+        est = {"value": iqm, "low": iqm - 0.1, "high": iqm + 0.1}
+        frac = {"value": 0.5, "low": 0.25, "high": 0.75}
+        board = [{"optimizer": lab, "overall": {"iqm": est, "frac_faster": frac},
+                  "worst_final_ratio": w} for lab, w in
+                 (("mlp +traj-guard", 1.0), ("Adam tuned", 1.0), ("mlp", 3.5), ("lstm", 2.0))]
+        (bench / "bench.json").write_text(json.dumps({"leaderboard": board}))
+
+    write(1.25)
+    path = update_card_bench("mlp", str(bench), str(root))
+    text = open(path).read()
+    assert text.count(BENCH_HEADING) == 1 and "| mlp +traj-guard | 1 | 1.25 [1.15, 1.35] | 50% [25, 75] | 1.000 |" in text
+    assert "| mlp | 3 |" in text and "lstm" not in text.split(BENCH_HEADING)[1].split("![")[0]
+    assert text.index(BENCH_HEADING) < text.index("![meta-training]")
+    write(0.75)
+    text = open(update_card_bench("mlp", str(bench), str(root))).read()
+    assert text.count(BENCH_HEADING) == 1 and "0.75 [0.65, 0.85]" in text and "1.25" not in text
+    assert text.count("![meta-training]") == 1
