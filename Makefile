@@ -14,7 +14,7 @@ $(BIN)/lopt: pyproject.toml
 
 install: $(BIN)/lopt
 
-# Meta-train the default config (~2.5 min on 2 CPU cores) and evaluate it (~8 min), save runs/default/optimizer.npz,
+# Meta-train the default config (~2.5 min on 2 CPU cores) and evaluate it (~10-14 min), save runs/default/optimizer.npz,
 # and write runs/default/report/report.md.
 quickstart: install
 	$(BIN)/lopt train --config default --out runs/default
