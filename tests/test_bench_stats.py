@@ -90,6 +90,12 @@ def test_leaderboard_ranks_by_overall_iqm_and_guard_table():
     assert by["opt"]["overall"]["iqm"].value == pytest.approx(np_iqm(both))
     assert by["opt"]["suites"]["s1"]["iqm"].value == pytest.approx(np_iqm(bad))
     assert by["opt"]["worst_final_ratio"] == 9.0 and by["Adam tuned"]["overall"]["frac_faster"].value == 0
+    # an optimizer that ran on one suite only is ranked on that suite's tasks
+    recs[1]["optimizers"]["base tuned"] = dict(recs[1]["optimizers"]["opt"], guard=None)
+    by = {r["optimizer"]: r for r in bench.leaderboard(recs, reps=200)}
+    assert by["base tuned"]["num_suites"] == 1 and list(by["base tuned"]["suites"]) == ["s2"]
+    assert by["base tuned"]["overall"]["iqm"].value == pytest.approx(np_iqm(good))
+    assert by["opt"]["num_suites"] == 2
     rows = bench.guard_table(recs, ["opt"])
     s1 = next(r for r in rows if r["suite"] == "s1")
     assert s1["none"]["worst_task"] == 9.0 and s1["step"]["worst_task"] == 1.5
