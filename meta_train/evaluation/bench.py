@@ -32,7 +32,6 @@ import time
 import jax
 import numpy as np
 
-from learned_opt.baselines import LR_GRIDS
 from learned_opt.errors import LearnedOptError
 from learned_opt.files import atomic_write_text
 from learned_opt.shipped import resolve, shipped_names
@@ -178,11 +177,7 @@ def run_bench(optimizers=None, suite_names=None, out_dir: str = "runs/bench", fu
     if max_tasks is not None:
         cfg["max_tasks"] = max_tasks
     if baselines is not None:
-        unknown = [b for b in baselines if b not in LR_GRIDS or b == "adam"]
-        if unknown:
-            raise LearnedOptError(f"unknown baseline(s) {unknown}; known: "
-                                  f"{sorted(b for b in LR_GRIDS if b != 'adam')}")
-        cfg["baselines"] = tuple(baselines)
+        cfg["baselines"] = cmp.check_baselines(baselines)
     if cfg["seeds"] < 2:
         raise LearnedOptError("the bench needs at least 2 seeds per task (the bootstrap resamples seeds)")
     entries, _ = cmp.load_entries(paths)

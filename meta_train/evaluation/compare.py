@@ -116,6 +116,16 @@ def _tune(grid_losses, grid, num_steps):
 DEFAULT_BASELINES = ("adamw", "momentum", "rmsprop", "lion", "radam")
 
 
+def check_baselines(baselines) -> tuple[str, ...]:
+    """The baseline names as a tuple; a LearnedOptError naming the known ones if any is unknown
+    (Adam is always run and is not a baseline name here)."""
+    unknown = [b for b in baselines if b not in LR_GRIDS or b == "adam"]
+    if unknown:
+        raise learned_opt.LearnedOptError(f"unknown baseline(s) {unknown}; known: "
+                                          f"{sorted(b for b in LR_GRIDS if b != 'adam')}")
+    return tuple(baselines)
+
+
 def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
               num_seeds: int = 3, baselines=DEFAULT_BASELINES, adam_factor: int = 4,
               check_every: int = DEFAULT_CHECK_EVERY, num_tasks: int | None = None) -> dict:
@@ -216,4 +226,4 @@ def load_entries(paths: list[str]) -> tuple[list[Entry], list[dict]]:
 
 
 __all__ = ["Entry", "run_suite", "GUARDS", "GUARD_SUFFIX", "guard_kinds", "unguarded_label", "load_entries", "seed_keys", "speedups",
-           "DEFAULT_BASELINES", "task_label", "ADAM_DEFAULT", "ADAM_TUNED"]
+           "DEFAULT_BASELINES", "check_baselines", "task_label", "ADAM_DEFAULT", "ADAM_TUNED"]

@@ -18,7 +18,6 @@ import numpy as np
 
 import tasks
 from learned_opt.baselines import LR_GRIDS
-from learned_opt.errors import LearnedOptError
 from learned_opt.files import atomic_write_text, read_jsonl
 from learned_opt.loss_guard import guarded
 from learned_opt.trajectory_guard import trajectory_guarded
@@ -236,10 +235,7 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
     the horizon (2x and no other baselines on the long-horizon suite, to bound the cost).
     Writes report.md, report.json and two PNGs per suite."""
     paths = [resolve(p) for p in ([checkpoints] if isinstance(checkpoints, str) else checkpoints)]
-    unknown = [b for b in baselines if b not in LR_GRIDS or b == "adam"]
-    if unknown:
-        raise LearnedOptError(f"unknown baseline(s) {unknown}; known: "
-                              f"{sorted(b for b in LR_GRIDS if b != 'adam')}")
+    cmp.check_baselines(baselines)
     entries, metas = cmp.load_entries(paths)
     tc = metas[0].get("train_config") or {}
     if "family" not in tc:
