@@ -218,6 +218,11 @@ class AdafactorMLP(PerParameterMLP):
             "log_one_minus_adafactor_decays": jnp.asarray(F.log_one_minus(cfg.adafactor_decays)),
         }
 
+    def constant_channels(self) -> tuple[int, int]:
+        """The time features (the same for every parameter)."""
+        start = self.config.num_normalised
+        return start, start + len(self.config.time_scales)
+
     def decays(self, theta) -> Decays:
         """The decays theta encodes (see :func:`decays_from_theta`)."""
         return decays_from_theta(theta, self.config.max_decay)

@@ -184,9 +184,15 @@ class PerParameterMLP(LearnedOptimizer):
     to every parameter's inputs, ``u = step_mult * s * d * exp(exp_mult * m)``. The config
     has ``step_mult`` and ``exp_mult``; ``s`` comes from :meth:`step_scales`."""
 
+    def constant_channels(self) -> tuple[int, int] | None:
+        """``(a, b)``: input channels ``a..b-1`` hold the same value for every parameter of a
+        tensor (time features, per-tensor context), so the network's first layer computes their
+        contribution once per tensor (``nets.apply_mlp``); None when there are none."""
+        return None
+
     def network(self, theta, inputs: Array) -> tuple[Array, Array]:
         """Apply the MLP to one tensor's inputs; returns ``(d, m)`` shaped like the tensor."""
-        return apply_step_mlp(theta["mlp"], inputs)
+        return apply_step_mlp(theta["mlp"], inputs, self.constant_channels())
 
     def step(self, theta, inputs: Array, scale: Array | None = None) -> Array:
         """``step_mult [* scale] * d * exp(exp_mult * m)`` for one tensor (subtracted from p)."""

@@ -80,6 +80,11 @@ class MLP(PerParameterMLP):
         cfg = self.config
         return {"mlp": init_step_mlp(key, cfg.num_inputs, cfg.hidden_sizes, cfg.output_init_scale)}
 
+    def constant_channels(self) -> tuple[int, int]:
+        """The time features (the same for every parameter)."""
+        start = 2 + len(self.config.decays)
+        return start, start + len(self.config.time_scales)
+
     def init_slots(self, theta, params) -> dict:
         k = len(self.config.decays)
         return {"momenta": jax.tree.map(lambda p: F.init_accumulators(p, k), params)}

@@ -40,14 +40,30 @@ def _init_mlp(key, sizes, output_scale):
     return params
 
 
-def apply_mlp(params: dict, x: jax.Array) -> jax.Array:
-    """``x -> W_L relu(... relu(x W_0 + b_0) ...) + b_L`` on the trailing axis."""
+def apply_mlp(params: dict, x: jax.Array, constant: tuple[int, int] | None = None) -> jax.Array:
+    """``x -> W_L relu(... relu(x W_0 + b_0) ...) + b_L`` on the trailing axis.
+
+    ``constant = (a, b)`` declares that input channels ``a..b-1`` hold the same values at every
+    position of ``x`` (e.g. time features broadcast to every parameter of a tensor). The first
+    layer is then computed as ``x_rest W_rest + (x_const W_const + b_0)`` with ``x_const`` read
+    at the first position: the same function (up to float summation order), with ``b - a`` fewer
+    multiply-adds per row and the constant channels never materialised per row.
+    """
     n_layers = len(params)
-    for i in range(n_layers):
+    first = params["linear_0"]
+    w0, b0 = first["w"].astype(x.dtype), first["b"].astype(x.dtype)
+    if constant is not None and x.size and constant[1] > constant[0]:
+        a, b = constant
+        rows = x.reshape(-1, x.shape[-1])
+        bias = rows[0, a:b] @ w0[a:b] + b0
+        x = (jnp.concatenate([x[..., :a], x[..., b:]], axis=-1)
+             @ jnp.concatenate([w0[:a], w0[b:]], axis=0) + bias)
+    else:
+        x = x @ w0 + b0
+    for i in range(1, n_layers):
         layer = params[f"linear_{i}"]
+        x = jax.nn.relu(x)
         x = x @ layer["w"].astype(x.dtype) + layer["b"].astype(x.dtype)
-        if i < n_layers - 1:
-            x = jax.nn.relu(x)
     return x
 
 
@@ -102,9 +118,11 @@ def init_step_mlp(key: jax.Array, num_inputs: int, hidden_sizes: Sequence[int],
     return init_mlp(key, (num_inputs, *hidden_sizes, 2), output_scale)
 
 
-def apply_step_mlp(params: dict, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(d, m)``, each shaped like ``x`` without its trailing (input) axis."""
-    out = apply_mlp(params, x)
+def apply_step_mlp(params: dict, x: jax.Array,
+                   constant: tuple[int, int] | None = None) -> tuple[jax.Array, jax.Array]:
+    """``(d, m)``, each shaped like ``x`` without its trailing (input) axis (``constant``: see
+    :func:`apply_mlp`)."""
+    out = apply_mlp(params, x, constant)
     return out[..., 0], out[..., 1]
 
 

@@ -270,6 +270,12 @@ class RNNMLP(PerParameterMLP):
         return jax.tree.unflatten(treedef, full), self.advance(
             state, momenta=momenta, lstm_state=lstm_state, loss_stats=loss_stats)
 
+    def constant_channels(self) -> tuple[int, int]:
+        """The time features and the tensor's context (the same for every parameter of a
+        tensor)."""
+        start = 2 + len(self.config.decays)
+        return start, start + len(self.config.time_scales) + self.config.context_dim
+
     def step_scales(self, theta, state: RNNMLPState) -> jax.Array:
         """``s_j`` from the per-tensor LSTM's new hidden states."""
         return self.lr_multiplier(theta, state.lstm_state.h)
