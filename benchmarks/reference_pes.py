@@ -18,13 +18,18 @@ which is what a user waits for), ms per outer step after it (best of ``--repeats
 from XLA's own flop count of one vmapped inner step (forward, backward, features, the
 optimizer's network) next to this machine's fp32 matmul GFLOP/s measured in the same run
 (1024 x 1024, jitted): the fraction of the machine's dense-matmul peak the run reaches.
-Compile time is measured with the persistent compilation cache off (cold) unless ``--warm``.
+The throughput runs compile with the persistent compilation cache off. The compile table then
+times the same first outer step in fresh processes sharing a new, empty cache directory: the
+first one compiles (cold), the second loads the compiled programs (warm), as a user's second
+``lopt train`` does (learned_opt.compile_cache).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -91,16 +96,41 @@ def measure(num_tasks: int, outer_steps: int, repeats: int, **overrides) -> dict
             "meta_loss": float(m["meta_loss"])}
 
 
+def compile_probe(num_tasks: int) -> None:
+    """In this (fresh) process: the seconds to build, init and take the first outer step with the
+    persistent cache of $LOPT_COMPILE_CACHE; printed as the last line."""
+    from learned_opt import compile_cache
+    from meta_train.trainer import MetaTrainer
+    compile_cache.enable()
+    t0 = time.perf_counter()
+    tr = MetaTrainer(reference_config(num_tasks))
+    state, _ = tr.outer_step(tr.init())
+    jax.block_until_ready(state.theta)
+    print(f"{time.perf_counter() - t0:.3f}")
+
+
+def cold_and_warm_compile(num_tasks: int) -> tuple[float, float]:
+    """(cold, warm) first-outer-step seconds in two fresh processes sharing a new cache dir."""
+    times = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, LOPT_COMPILE_CACHE=cache)
+        for _ in range(2):
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--compile-probe",
+                                  str(num_tasks)], env=env, capture_output=True, text=True, check=True)
+            times.append(float(out.stdout.strip().splitlines()[-1]))
+    return times[0], times[1]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, nargs="+", default=[8, 16], help="N (tasks; 2N particles)")
     ap.add_argument("--outer-steps", type=int, default=20, help="outer steps per timing")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--warm", action="store_true",
-                    help="keep the persistent compilation cache on (default: off, cold compile)")
+    ap.add_argument("--compile-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if not args.warm:
-        jax.config.update("jax_enable_compilation_cache", False)
+    if args.compile_probe is not None:
+        return compile_probe(args.compile_probe)
+    jax.config.update("jax_enable_compilation_cache", False)
     peak = matmul_gflops()
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} ({dev.platform}), {os.cpu_count()} cpus; "
@@ -115,6 +145,11 @@ def main(argv=None):
               f"{r['steps_per_s']:.0f} | {r['flops_per_step'] / 1e6:.2f} | {gflops:.1f} | "
               f"{100 * gflops / peak:.0f}% |", flush=True)
     print(f"matmul peak re-measured after the runs: {matmul_gflops():.1f} GFLOP/s")
+    print("\nfirst outer step (build + init + compile + run), fresh processes, new cache dir:")
+    print("| tasks | cold s | warm s |\n|---|---|---|")
+    for n in args.tasks:
+        cold, warm = cold_and_warm_compile(n)
+        print(f"| {n} | {cold:.1f} | {warm:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@
     lopt, theta, meta = learned_opt.load("opt.npz")
     tx = learned_opt.load("mlp").as_optax()          # a shipped optimizer, by name
     learned_opt.shipped_names()                       # what checkpoints/ ships
+    learned_opt.compile_cache.enable()                # reuse compiled programs across processes
 """
-from learned_opt import dmd, features
+from learned_opt import compile_cache, dmd, features
 from learned_opt.adafactor_mlp import AdafactorMLP, AdafactorMLPConfig, AdafactorMLPState
 from learned_opt.base import (CheckpointError, LearnedOptError, LearnedOptimizer, LOptConfig,
                               PerParameterMLP, architectures, config_from_dict, config_to_dict,
@@ -31,7 +32,7 @@ from learned_opt.rnn_mlp import RNNMLP, RNNMLPConfig, RNNMLPState
 __all__ = [
     "CheckpointError", "LearnedOptError", "LearnedOptimizer", "LOptConfig", "PerParameterMLP",
     "architectures", "config_from_dict",
-    "config_to_dict", "make", "register", "features", "dmd",
+    "config_to_dict", "make", "register", "features", "dmd", "compile_cache",
     "AdafactorMLP", "AdafactorMLPConfig", "AdafactorMLPState",
     "RNNMLP", "RNNMLPConfig", "RNNMLPState",
     "LossGuardState", "fallback_rate", "guarded", "loss_guard",

@@ -328,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from learned_opt.errors import LearnedOptError
     args = build_parser().parse_args(argv)
+    from learned_opt import compile_cache
+    compile_cache.enable()   # $LOPT_COMPILE_CACHE or ~/.cache/learned_opt/jax; LOPT_COMPILE_CACHE=0: off
     for name in ("steps", "num_tasks", "report_tasks", "long_factor", "seeds", "adam_factor",
                  "check_every", "max_tasks", "reps"):
         v = getattr(args, name, None)
