@@ -79,3 +79,37 @@ def test_report_on_a_named_suite(tmp_path):
     assert set(data["step_cost_vs_adam"]) == {"Adam", "mlp"}
     assert by_label["mlp"]["num_tasks"] == 4
     assert rep["path"].endswith("report.md")
+
+
+def test_tuned_runs_are_the_runs_at_the_tuned_rates():
+    """run_suite takes a tuned baseline's curve, final and test loss from its grid population
+    (and Adam's default and tuned runs from one call): each equals a run of that optimizer at the
+    chosen rate on the same task and seed, and no grid rate has a lower tuning loss."""
+    import optax
+    from learned_opt.baselines import LR_GRIDS, make_baseline
+    from meta_train.evaluation import curves as ev
+    suite = get_suite("quadratic_30d")
+    res = cmp.run_suite(suite, [], guard=False, num_seeds=2, baselines=("momentum",),
+                        adam_factor=1, num_tasks=2)
+    cfgs, task_keys = suite.tasks(2)
+    keys = cmp.seed_keys(task_keys, 2)
+    T = suite.num_steps
+    for label, make in (("momentum tuned", lambda lr: make_baseline("momentum", lr)),
+                        (cmp.ADAM_TUNED, optax.adam), (cmp.ADAM_DEFAULT, optax.adam)):
+        for i in range(2):
+            task = suite.task_family.task(jax.tree.map(lambda x: x[i], cfgs))
+            lr = float(res["tuned_lr"][label][i])
+            for j in range(2):
+                run = jax.jit(lambda k: ev.run_task(task, make(lr), k, T))(keys[i, j])
+                np.testing.assert_allclose(res["curves"][label][i, j], run.losses, rtol=2e-4)
+                np.testing.assert_allclose(res["final"][label][i, j], run.final_loss, rtol=2e-4)
+                np.testing.assert_allclose(res["test"][label][i, j], run.test_loss, rtol=2e-4)
+    # the chosen rate is the grid's best on the seed-averaged tuning loss
+    for i in range(2):
+        task = suite.task_family.task(jax.tree.map(lambda x: x[i], cfgs))
+        chosen = ev.final_loss(res["curves"]["momentum tuned"][i]).mean()
+        for lr in LR_GRIDS["momentum"][::3]:
+            runs = [jax.jit(lambda k: ev.run_task(task, make_baseline("momentum", lr), k, T))(keys[i, j])
+                    for j in range(2)]
+            other = np.mean([ev.final_loss(np.asarray(r.losses)) for r in runs])
+            assert chosen <= other * (1 + 1e-4) or not np.isfinite(other)

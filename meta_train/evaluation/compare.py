@@ -95,14 +95,25 @@ def _curves(fam, cfgs, keys, make_tx, per_task, shared, num_steps, guard=False):
     return ev.TaskCurves(*(np.asarray(x) for x in out))
 
 
-def _grid_curves(fam, cfgs, keys, make_tx, grid, num_steps):
-    """Every learning rate of ``grid`` on every task and seed: the training curves, shape
-    (lrs, tasks, seeds, steps). Only the curves leave the jitted function, so XLA drops the
-    end-of-run evaluations (whole-split losses for every learning rate)."""
+def _grid_curves(fam, cfgs, keys, make_tx, grid, num_steps, final: bool = False):
+    """Every learning rate of ``grid`` on every task and seed, one vmapped, jitted population:
+    ``curves.TaskCurves`` with leading axes (lrs, tasks, seeds). With ``final=False`` only the
+    curves leave the jitted function (XLA then drops the end-of-run evaluations; the other fields
+    are None): for runs whose end is not reported, such as Adam's longer reference runs."""
     def one(cfg, key, lr):
-        return ev.run_task(fam.task(cfg), make_tx(lr), key, num_steps).losses
+        run = ev.run_task(fam.task(cfg), make_tx(lr), key, num_steps)
+        return run if final else run.losses
     f = jax.vmap(jax.vmap(one, in_axes=(None, 0, None)), in_axes=(0, 0, None))
-    return np.asarray(jax.jit(jax.vmap(f, in_axes=(None, None, 0)))(cfgs, keys, jnp.asarray(grid)))
+    out = jax.jit(jax.vmap(f, in_axes=(None, None, 0)))(cfgs, keys, jnp.asarray(grid))
+    if not final:
+        return ev.TaskCurves(np.asarray(out), None, None, None)
+    return ev.TaskCurves(*(np.asarray(x) for x in out))
+
+
+def _pick(runs, choice):
+    """Per task i the grid entry ``choice[i]`` of grid runs (leading axes (lrs, tasks, ...))."""
+    idx = np.arange(len(choice))
+    return ev.TaskCurves(*(None if x is None else x[choice, idx] for x in runs))
 
 
 def _tune(grid_losses, grid, num_steps):
@@ -153,26 +164,26 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
 
     say(f"{suite.name}: Adam over {len(LR_GRIDS['adam'])} learning rates x {adam_factor * T} steps")
     grid = np.asarray(LR_GRIDS["adam"], np.float32)
-    g_losses = _grid_curves(fam, cfgs, keys, optax.adam, grid, adam_factor * T)
+    g_losses = _grid_curves(fam, cfgs, keys, optax.adam, grid, adam_factor * T).losses
     envelopes = np.stack([sp.reference_envelope(g_losses[:, i], window) for i in range(n)])
     best = _tune(g_losses, grid, T)
     default = np.full(n, ev.DEFAULT_ADAM_LR, np.float32)
-    # T-step runs at the chosen rates: their curves equal the grid's first T steps (same keys),
-    # but the test loss needs the parameters at step T.
-    for label, lrs in ((ADAM_DEFAULT, default), (ADAM_TUNED, grid[best])):
-        curves[label], test[label], _, final[label] = _curves(
-            fam, cfgs, keys, lambda lr, _: optax.adam(lr), jnp.asarray(lrs), 0, T)
+    # T-step runs at the chosen rates, default and tuned in one call: their curves equal the
+    # grid's first T steps (same keys), but the test loss needs the parameters at step T.
+    both = _curves(fam, jax.tree.map(lambda x: jnp.concatenate([x, x]), cfgs),
+                   jnp.concatenate([keys, keys]), lambda lr, _: optax.adam(lr),
+                   jnp.asarray(np.concatenate([default, grid[best]])), 0, T)
+    for j, (label, lrs) in enumerate(((ADAM_DEFAULT, default), (ADAM_TUNED, grid[best]))):
+        curves[label], test[label], _, final[label] = (x[j * n:(j + 1) * n] for x in both)
         tuned[label] = lrs
     for name in baselines:
         say(f"{suite.name}: {name} over {len(LR_GRIDS[name])} learning rates")
         b_grid = np.asarray(LR_GRIDS[name], np.float32)
-        b = _tune(_grid_curves(fam, cfgs, keys, lambda lr, name=name: make_baseline(name, lr),
-                               b_grid, T), b_grid, T)
+        runs = _grid_curves(fam, cfgs, keys, lambda lr, name=name: make_baseline(name, lr),
+                            b_grid, T, final=True)
+        b = _tune(runs.losses, b_grid, T)
         label = f"{name} tuned"
-        # the T-step runs at the chosen rates (curves as in the grid, same keys)
-        curves[label], test[label], _, final[label] = _curves(
-            fam, cfgs, keys, lambda lr, _, name=name: make_baseline(name, lr),
-            jnp.asarray(b_grid[b]), 0, T)
+        curves[label], test[label], _, final[label] = _pick(runs, b)
         tuned[label] = b_grid[b]
     for e in entries:
         say(f"{suite.name}: {e.label}")
