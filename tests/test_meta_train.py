@@ -84,3 +84,19 @@ def test_meta_loss_and_meta_lr_final_are_validated():
     with pytest.raises(ConfigError, match="meta_lr_final"):
         get_config("smoke", ["meta_lr_final=1.0"])
     assert get_config("smoke", ["meta_lr_final=0.0001"]).meta_lr_final == 1e-4
+
+
+def test_outer_step_and_evaluation_compile_once():
+    """The first outer step's compilation serves every later one, a state restored from a host copy
+    (as --resume does) included, and repeated evaluations share one compiled function."""
+    tr = MetaTrainer(get_config("smoke"))
+    state = tr.init()
+    for _ in range(3):
+        state, _ = tr.outer_step(state)
+    tr.evaluate(state.theta)
+    tr.evaluate(state.theta)
+    state = tr.place(jax.device_get(tr.gather(state)))    # a resumed run's state
+    state, _ = tr.outer_step(state)
+    tr.evaluate(state.theta)
+    assert tr.outer_step._cache_size() == 1
+    assert tr.evaluate._cache_size() == 1
