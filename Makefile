@@ -23,6 +23,8 @@ test: install
 	$(BIN)/python -m pytest tests
 
 benchmark: install
+	$(BIN)/python benchmarks/reference_pes.py
+	$(BIN)/python benchmarks/step_cost.py --plain
 	$(BIN)/python benchmarks/throughput.py
 
 clean:

@@ -55,7 +55,9 @@ DMD features (already scaled by learned_opt.dmd) are not. With ``dmd_window > 0`
 ``dmd.num_features(dmd_rank)`` DMD channels of the recent gradients are appended.
 
 **Step**: ``d, m = MLP(inputs)`` (hidden_sizes, ReLU; output layer initialised with
-scale ``output_init_scale``), ``p <- p - step_mult * d * exp(exp_mult * m)``.
+scale ``output_init_scale``), ``p <- p - step_mult * d * exp(exp_mult * m)``. The time
+channels are the same for every parameter: their product with the first layer is computed
+once per tensor, as a bias (``constant_channels``, ``nets.apply_mlp``).
 
 Meta-parameter count with the defaults: MLP 39*4+4 + 4*4+4 + 4*2+2 = 190, decays
 3+1+3 = 7, total 197.

@@ -13,7 +13,9 @@ t is the number of updates already taken (0 at the first step). With
 ``dmd_window > 0`` the DMD features of the recent gradients (learned_opt.dmd,
 ``2 * dmd_rank + 2`` channels) are appended to the inputs. The MLP is
 shared by all parameters and tensors; it is applied per tensor with
-``jax.tree.map`` (one batched matmul per tensor). The output layer is
+``jax.tree.map`` (one batched matmul per tensor). The time features are the same for every
+parameter, so the first layer computes ``x_rest W_rest + (tfeat W_time + b)``: their product is
+taken once per tensor (``constant_channels``, ``nets.apply_mlp``), not once per parameter. The output layer is
 initialised with scale ``output_init_scale`` (weights ``N(0, s^2/fan_in)``,
 zero bias), so an untrained optimizer's steps are about
 ``step_mult * output_init_scale`` per parameter: small and harmless.

@@ -49,6 +49,10 @@ parameters, then (``dmd_window > 0``) the ``learned_opt.dmd`` features
     d, m = MLP(inputs)                         (hidden_sizes (32, 32), ReLU, 2 outputs)
     p   <- p - step_mult * s_j * d * exp(exp_mult * m)
 
+The time features and ``ctx_j`` are the same for every parameter of tensor j, so their product
+with the MLP's first layer is computed once per tensor, as a bias (``constant_channels``,
+``nets.apply_mlp``): only the 8 LOLv2 channels (and DMD's) are multiplied per parameter.
+
 The MLP's output layer is initialised with scale ``output_init_scale`` (0.01), so an
 untrained optimizer's steps are about ``step_mult * output_init_scale`` per parameter.
 

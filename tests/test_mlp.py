@@ -76,3 +76,32 @@ def test_config_sizes_and_errors():
     assert theta["mlp"]["linear_0"]["w"].shape == (14, 8)
     with pytest.raises(learned_opt.LearnedOptError, match="decays"):
         MLPConfig(decays=(1.5,))
+
+
+def test_constant_channels_enter_the_first_layer_once():
+    """nets.apply_mlp with constant=(a, b) is the plain MLP when channels a..b-1 are the same at
+    every position (time features), and the declared range of each per-parameter MLP holds
+    exactly such channels."""
+    from learned_opt.nets import apply_mlp
+    rng = np.random.default_rng(0)
+    lopt = MLP()
+    theta = lopt.init(KEY)
+    a, b = lopt.constant_channels()
+    assert (a, b) == (8, 19)
+    x = rng.normal(size=(5, 7, 19)).astype(np.float32)
+    x[..., a:b] = rng.normal(size=b - a)                    # constant across positions
+    want = np_mlp(theta["mlp"], x)
+    got = apply_mlp(theta["mlp"], jnp.asarray(x), (a, b))
+    np.testing.assert_allclose(got[..., 0], want[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[..., 1], want[1], rtol=1e-5, atol=1e-6)
+    # the features the optimizer builds really are constant there, for every architecture
+    for arch in ("mlp", "adafactor_mlp", "rnn_mlp"):
+        opt = learned_opt.make(arch)
+        th = opt.init(KEY)
+        state = opt.opt_init(th, P)
+        _, state = opt.opt_update(th, state, G1, P, jnp.float32(1.0), KEY)
+        inputs, _ = opt.features(th, state, G2, P, jnp.float32(0.5))
+        lo, hi = opt.constant_channels()
+        for k in P:
+            c = np.asarray(inputs[k])[..., lo:hi].reshape(-1, hi - lo)
+            np.testing.assert_array_equal(c, np.broadcast_to(c[0], c.shape))
