@@ -142,11 +142,30 @@ class _Truncated(GradientEstimator):
         keys = jax.random.split(key, (self.K, n))
         return jnp.concatenate([keys] * copies, axis=1)
 
+    #: The particles run as this many independent vmapped groups inside the truncation's scan
+    #: (1: one vmap over all). The results are the same; the trainer sets 2 on a single CPU device,
+    #: where XLA's runtime executes the two groups' independent kernels on both cores at once.
+    groups: int = 1
+
     def _scan(self, thetas, inner, keys):
         """K steps of every particle. Returns (inner, losses (K, particles))."""
-        def body(inner, step_keys):
-            return jax.vmap(self.unroll.step)(thetas, inner, step_keys)
-        return jax.lax.scan(body, inner, keys)
+        n = keys.shape[1]
+        G = max(1, min(int(self.groups), n))
+        if G == 1:
+            def body(inner, step_keys):
+                return jax.vmap(self.unroll.step)(thetas, inner, step_keys)
+            return jax.lax.scan(body, inner, keys)
+        bounds = [n * g // G for g in range(G + 1)]
+        spans = list(zip(bounds, bounds[1:]))
+        part = lambda tree, a, b: jax.tree.map(lambda x: x[a:b], tree)  # noqa: E731
+        group_thetas = [part(thetas, a, b) for a, b in spans]
+
+        def grouped(carry, step_keys):
+            out = [jax.vmap(self.unroll.step)(th, s, step_keys[a:b])
+                   for th, s, (a, b) in zip(group_thetas, carry, spans)]
+            return tuple(o[0] for o in out), jnp.concatenate([o[1] for o in out])
+        carry, losses = jax.lax.scan(grouped, tuple(part(inner, a, b) for a, b in spans), keys)
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs), *carry), losses
 
     def _advance(self, t, T, ok, key):
         """After a truncation: which groups end their episode (or failed), new t and T."""

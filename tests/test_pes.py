@@ -121,3 +121,28 @@ def test_nonfinite_pairs_are_masked_and_reset():
     assert np.all(np.isfinite(np.asarray(g)))
     assert 0 < int(m["nonfinite_particles"]) < 32
     assert 2 * int(m["episodes_ended"]) == int(m["nonfinite_particles"])
+
+
+def test_grouped_population_computes_the_same_estimates():
+    """``groups > 1`` runs the particles as independent vmapped groups inside the scan (the
+    trainer's setting on one CPU device): the estimates and states equal one vmap over all, for
+    PES and truncated ES, over several truncations with resets, whatever the group sizes."""
+    from meta_train.estimators import TruncatedES
+    theta = {"b": jnp.array([0.3, 0.1, -0.4])}
+    for make in (lambda: PES(linear_unroll(), num_pairs=3, truncation_length=K, sigma=0.1),
+                 lambda: TruncatedES(linear_unroll(), num_pairs=3, truncation_length=K, sigma=0.1)):
+        results = []
+        for groups in (1, 2, 4):
+            est = make()
+            est.groups = groups
+            state = est.init(theta, jax.random.PRNGKey(0))
+            grads = []
+            for i in range(2 * N_TRUNC + 1):
+                g, state, m = jax.jit(est.estimate)(theta, state, jax.random.PRNGKey(i))
+                grads.append(g["b"])
+            results.append((np.stack(grads), jax.tree.map(np.asarray, state)))
+        for grads, state in results[1:]:
+            np.testing.assert_allclose(grads, results[0][0], rtol=1e-6, atol=1e-6)
+            for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(results[0][1])):
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+        assert np.abs(results[0][0]).max() > 0.1
