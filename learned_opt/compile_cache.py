@@ -56,9 +56,4 @@ def enable(path: str | os.PathLike | None = None, min_compile_secs: float = 0.2)
     return where
 
 
-def disable() -> None:
-    """Stop reading and writing the persistent cache in this process."""
-    jax.config.update("jax_compilation_cache_dir", None)
-
-
-__all__ = ["DEFAULT_DIR", "ENV", "cache_dir", "enable", "disable"]
+__all__ = ["DEFAULT_DIR", "ENV", "cache_dir", "enable"]

@@ -93,6 +93,13 @@ def unzip(like: PyTree, tree: PyTree, n: int) -> tuple[PyTree, ...]:
     return tuple(jax.tree.map(lambda _, o: o[i], like, tree) for i in range(n))
 
 
+def lolv2_time_channels(decays: Sequence[float], time_scales: Sequence[float]) -> tuple[int, int]:
+    """``(a, b)``: the channels of :func:`lolv2_inputs` holding the time features (after g, p and
+    the K momenta), the same for every parameter."""
+    start = 2 + len(decays)
+    return start, start + len(time_scales)
+
+
 def lolv2_inputs(momenta: PyTree, iteration: jax.Array, grads: PyTree, params: PyTree,
                  decays: Sequence[float], time_scales: Sequence[float],
                  norm_eps: float) -> tuple[PyTree, PyTree]:

@@ -84,8 +84,7 @@ class MLP(PerParameterMLP):
 
     def constant_channels(self) -> tuple[int, int]:
         """The time features (the same for every parameter)."""
-        start = 2 + len(self.config.decays)
-        return start, start + len(self.config.time_scales)
+        return F.lolv2_time_channels(self.config.decays, self.config.time_scales)
 
     def init_slots(self, theta, params) -> dict:
         k = len(self.config.decays)

@@ -277,8 +277,8 @@ class RNNMLP(PerParameterMLP):
     def constant_channels(self) -> tuple[int, int]:
         """The time features and the tensor's context (the same for every parameter of a
         tensor)."""
-        start = 2 + len(self.config.decays)
-        return start, start + len(self.config.time_scales) + self.config.context_dim
+        start, stop = F.lolv2_time_channels(self.config.decays, self.config.time_scales)
+        return start, stop + self.config.context_dim     # ctx_j follows the time features
 
     def step_scales(self, theta, state: RNNMLPState) -> jax.Array:
         """``s_j`` from the per-tensor LSTM's new hidden states."""

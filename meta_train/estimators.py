@@ -142,19 +142,15 @@ class _Truncated(GradientEstimator):
         keys = jax.random.split(key, (self.K, n))
         return jnp.concatenate([keys] * copies, axis=1)
 
-    #: The particles run as this many independent vmapped groups inside the truncation's scan
+    #: The particles run as this many independent vmapped parts inside the truncation's scan
     #: (1: one vmap over all). The results are the same; the trainer sets 2 on a single CPU device,
     #: where XLA's runtime executes the two groups' independent kernels on both cores at once.
-    groups: int = 1
+    vmap_groups: int = 1
 
     def _scan(self, thetas, inner, keys):
         """K steps of every particle. Returns (inner, losses (K, particles))."""
         n = keys.shape[1]
-        G = max(1, min(int(self.groups), n))
-        if G == 1:
-            def body(inner, step_keys):
-                return jax.vmap(self.unroll.step)(thetas, inner, step_keys)
-            return jax.lax.scan(body, inner, keys)
+        G = max(1, min(int(self.vmap_groups), n))
         bounds = [n * g // G for g in range(G + 1)]
         spans = list(zip(bounds, bounds[1:]))
         part = lambda tree, a, b: jax.tree.map(lambda x: x[a:b], tree)  # noqa: E731

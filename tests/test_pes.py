@@ -124,7 +124,7 @@ def test_nonfinite_pairs_are_masked_and_reset():
 
 
 def test_grouped_population_computes_the_same_estimates():
-    """``groups > 1`` runs the particles as independent vmapped groups inside the scan (the
+    """``vmap_groups > 1`` runs the particles as independent vmapped groups inside the scan (the
     trainer's setting on one CPU device): the estimates and states equal one vmap over all, for
     PES and truncated ES, over several truncations with resets, whatever the group sizes."""
     from meta_train.estimators import TruncatedES
@@ -134,7 +134,7 @@ def test_grouped_population_computes_the_same_estimates():
         results = []
         for groups in (1, 2, 4):
             est = make()
-            est.groups = groups
+            est.vmap_groups = groups
             state = est.init(theta, jax.random.PRNGKey(0))
             grads = []
             for i in range(2 * N_TRUNC + 1):
