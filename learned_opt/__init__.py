@@ -12,7 +12,7 @@
     learned_opt.shipped_names()                       # what checkpoints/ ships
     learned_opt.compile_cache.enable()                # reuse compiled programs across processes
 """
-from learned_opt import compile_cache, dmd, features
+from learned_opt import compile_cache, dmd, features, mup
 from learned_opt.adafactor_mlp import AdafactorMLP, AdafactorMLPConfig, AdafactorMLPState
 from learned_opt.base import (CheckpointError, LearnedOptError, LearnedOptimizer, LOptConfig,
                               PerParameterMLP, architectures, config_from_dict, config_to_dict,
@@ -23,6 +23,7 @@ from learned_opt.loss_guard import LossGuardState, fallback_rate, guarded, loss_
 from learned_opt.checkpoint import Loaded, load, load_theta, read_header, save
 from learned_opt.shipped import shipped_names
 from learned_opt.mlp import MLP, MLPConfig, MLPState
+from learned_opt.norm_mlp import NormMLP, NormMLPConfig, NormMLPState
 from learned_opt.optax_adapter import LearnedOptaxState, as_optax
 from learned_opt.trajectory_guard import (TrajectoryGuardState, final_choice, find_trajectory_guard_state,
                                           smoothed_losses, switch_rate, trajectory_guard,
@@ -41,6 +42,6 @@ __all__ = [
     "LSTM", "LSTMConfig", "LSTMState", "preprocess_gradient",
     "DEFAULT_LEARNING_RATES", "baseline_names", "make_baseline",
     "Loaded", "load", "load_theta", "read_header", "save", "shipped_names",
-    "MLP", "MLPConfig", "MLPState",
+    "MLP", "MLPConfig", "MLPState", "NormMLP", "NormMLPConfig", "NormMLPState", "mup",
     "LearnedOptaxState", "as_optax",
 ]

@@ -85,6 +85,16 @@ CASES = {
         # Measured: 0.775 -> 0.437 (seed 0; the per-parameter MLP gets 0.775 -> 0.604 with the same
         # settings). Before issue 12's shared evaluation rollout: 1.017 -> 0.720 (seed 1: 0.569).
         meta_training=(300, 0.15)),
+    "norm_mlp": Case(
+        visible={"output_init_scale": 1.0}, num_inputs=10,
+        # untrained: ~ Adam's normalised direction, lr (1e-3) * muP scale (32 / fan_in 3) * |u|
+        untrained_bound=0.1,
+        json_config={"hidden_sizes": [4], "decays": [0.99], "orthogonalize": True, "lr": 0.01},
+        # channel 2: the momentum with decay beta1 = 0.9; no Adam term, no muP, magnitude 1
+        descent=Descent({"lr": 0.02, "nominal": 0.0, "mup": False, "max_log_scale": 0.0},
+                        lambda lopt, sign: descent_theta(lopt, 2, sign),
+                        linear_regression, 300, 0.01, 50),
+        meta_training=(100, 0.02)),
     "adafactor_mlp": Case(
         visible={"output_init_scale": 1.0}, num_inputs=39, untrained_bound=1e-4,
         json_config={"momentum_decays": [0.5, 0.9], "adafactor_decays": [0.9, 0.99],

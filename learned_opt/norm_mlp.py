@@ -1,0 +1,210 @@
+"""Normalised per-parameter MLP ("norm_mlp"): a learned step built to transfer across tasks,
+widths and horizons (ingredients from Celo2, muLO, VeLO and Harrison et al.; ../REFERENCES).
+
+Per tensor ``p`` with gradient ``g``, t = updates already taken, N = the run's length (0 when
+unknown), momenta with decays ``(beta1, *decays)`` and second moment with ``beta2``, all
+updated with the current g first:
+
+    m_k <- d_k m_k + (1 - d_k) g          v <- beta2 v + (1 - beta2) g^2
+    a    = (m_beta1 / (1 - beta1^(t+1))) / (sqrt(v / (1 - beta2^(t+1))) + 1e-8)   Adam's direction
+    x    = [g, p, m_beta1, m_decays.., sqrt(v), a]              per parameter
+    x_c <- x_c * rsqrt(norm_eps + mean_tensor(x_c^2))           inputs normalised per tensor
+    tau  = [min(t / N, 1), 1] if N > 0 else [0, 0]              fraction of training, "known"
+    d, m = MLP([x, tau]) - MLP([0, tau])                        zero inputs give a zero step
+    D    = nominal * a_n + d                    (a_n: the normalised channel a; nominal Adam term)
+    D   <- NewtonSchulz(D)                      (``orthogonalize``, matrices only)
+    u    = D * rsqrt(1e-12 + mean_tensor(D^2))                  normalised output, RMS 1
+    step = lr * s_mup * exp(max_log_scale * tanh(mean_tensor(m))) * u * live
+           + lr * weight_decay * p              (decoupled, tensors with ndim >= 2)
+    p   <- p - step
+
+``s_mup = mup_base_fan_in / fan_in`` for tensors with ndim >= 2 and 1 for vectors
+(``learned_opt.mup``; 1 everywhere with ``mup=False``). ``live`` is 0 for a tensor whose
+gradient is exactly zero. The per-tensor magnitude ``exp(max_log_scale * tanh(.))`` lies in
+``[e^-L, e^L]`` and lets the rule anneal with tau; the step's scale is otherwise the explicit
+learning rate ``lr``, so a user can schedule it: ``optax.chain(tx, optax.scale_by_schedule(f))``
+multiplies every step by ``f(count)``.
+
+The time channels tau are the same for every parameter of a tensor: the first layer takes them
+once per tensor (``constant_channels``). Untrained (output layer ``output_init_scale``) the
+rule is close to Adam with per-tensor normalised, muP-scaled steps. With ``dmd_window > 0`` the
+DMD channels are appended after tau. Inputs: ``8 + len(decays) - 3 + 2`` (10 by default).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from chex import Array, ArrayTree as PyTree
+
+from learned_opt import features as F
+from learned_opt import mup
+from learned_opt.base import LearnedOptimizer, LOptConfig, register
+from learned_opt.checks import are_ints, is_real
+from learned_opt.dmd import DMDState
+from learned_opt.nets import apply_mlp, init_step_mlp
+
+NUM_TIME = 2   # [fraction of training done, horizon known]
+
+
+class NormMLPState(NamedTuple):
+    """``momenta``: leaves ``p.shape + (1 + len(decays),)`` (beta1 first); ``v``: leaves like
+    ``p``; ``iteration``: int32, updates taken; ``num_steps``: int32, the run's length (0 =
+    unknown); ``dmd``: a ``dmd.DMDState`` or None."""
+
+    momenta: PyTree
+    v: PyTree
+    iteration: Array
+    num_steps: Array
+    dmd: DMDState | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NormMLPConfig(LOptConfig):
+    hidden_sizes: tuple[int, ...] = (8, 8)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    decays: tuple[float, ...] = (0.5, 0.99, 0.999)   # extra momenta (inputs only)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    nominal: float = 1.0              # weight of Adam's direction in D (0 = purely learned)
+    mup: bool = True
+    mup_base_fan_in: float = 32.0
+    orthogonalize: bool = False
+    ns_steps: int = 5
+    max_log_scale: float = 2.0        # per-tensor magnitude in [e^-2, e^2]
+    output_init_scale: float = 0.1
+    norm_eps: float = 1e-5
+    dmd_window: int = 0
+    dmd_rank: int = 3
+
+    def checks(self):
+        yield "hidden_sizes", are_ints(self.hidden_sizes), "a non-empty tuple of positive ints"
+        yield "beta1", is_real(self.beta1) and 0 <= self.beta1 < 1, "in [0, 1)"
+        yield "beta2", is_real(self.beta2) and 0 <= self.beta2 < 1, "in [0, 1)"
+        yield "decays", all(is_real(d) and 0.0 <= d < 1.0 for d in self.decays), "values in [0, 1)"
+        yield "lr", is_real(self.lr) and self.lr > 0, "a positive number"
+        yield "weight_decay", is_real(self.weight_decay) and self.weight_decay >= 0, ">= 0"
+        yield "nominal", is_real(self.nominal), "a finite number"
+        yield "mup", isinstance(self.mup, bool), "true or false"
+        yield "mup_base_fan_in", is_real(self.mup_base_fan_in) and self.mup_base_fan_in > 0, "positive"
+        yield "orthogonalize", isinstance(self.orthogonalize, bool), "true or false"
+        yield "ns_steps", are_ints((self.ns_steps,)), "a positive int"
+        yield "max_log_scale", is_real(self.max_log_scale) and self.max_log_scale >= 0, ">= 0"
+        yield "norm_eps", is_real(self.norm_eps) and self.norm_eps > 0, "positive"
+        yield from super().checks()
+
+    @property
+    def num_per_parameter(self) -> int:
+        """Per-parameter channels: g, p, the 1 + len(decays) momenta, sqrt(v), a."""
+        return 5 + len(self.decays)
+
+    @property
+    def num_inputs(self) -> int:
+        return self.num_per_parameter + NUM_TIME + self.num_dmd_inputs
+
+
+def fraction_features(iteration: Array, num_steps: Array) -> Array:
+    """``[min(t / N, 1), 1]`` when ``N > 0``, else ``[0, 0]`` (float32, shape (2,))."""
+    n = jnp.asarray(num_steps, jnp.int32)
+    known = n > 0
+    frac = jnp.minimum(jnp.asarray(iteration, jnp.float32) / jnp.maximum(n, 1), 1.0)
+    return jnp.where(known, jnp.stack([frac, 1.0]), 0.0).astype(jnp.float32)
+
+
+@register
+class NormMLP(LearnedOptimizer):
+    """Normalised, muP-scaled, time-conditioned per-parameter MLP (architecture ``"norm_mlp"``)."""
+
+    architecture = "norm_mlp"
+    Config = NormMLPConfig
+    State = NormMLPState
+    needs_key = False
+
+    @property
+    def _decays(self) -> tuple[float, ...]:
+        return (self.config.beta1, *self.config.decays)
+
+    def init(self, key: jax.Array) -> dict:
+        cfg = self.config
+        return {"mlp": init_step_mlp(key, cfg.num_inputs, cfg.hidden_sizes, cfg.output_init_scale)}
+
+    def constant_channels(self) -> tuple[int, int]:
+        """tau (the same for every parameter)."""
+        a = self.config.num_per_parameter
+        return a, a + NUM_TIME
+
+    def opt_init(self, theta, params, num_steps=None):
+        n = 0 if num_steps is None else num_steps
+        return NormMLPState(**self.init_slots(theta, params), iteration=jnp.zeros((), jnp.int32),
+                            num_steps=jnp.asarray(n, jnp.int32), dmd=self.init_dmd(params))
+
+    def init_slots(self, theta, params) -> dict:
+        k = len(self._decays)
+        return {"momenta": jax.tree.map(lambda p: F.init_accumulators(p, k), params),
+                "v": jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)}
+
+    def features(self, theta, state: NormMLPState, grads, params, loss):
+        cfg = self.config
+        t1 = (state.iteration + 1).astype(jnp.float32)
+        c1 = 1.0 - jnp.power(jnp.float32(cfg.beta1), t1)
+        c2 = 1.0 - jnp.power(jnp.float32(cfg.beta2), t1)
+        tau = fraction_features(state.iteration, state.num_steps)
+
+        def one(m, v, g, p):
+            g = g.astype(jnp.float32)
+            m = F.update_momenta(m, g, self._decays)
+            v = F.update_second_moments(v[..., None], g, (cfg.beta2,))[..., 0]
+            a = (m[..., 0] / c1) / (jnp.sqrt(v / c2) + 1e-8)
+            x = F.stack_channels(g, p.astype(jnp.float32), m, jnp.sqrt(v), a)
+            x = F.second_moment_normalize(x, cfg.norm_eps)
+            return F.broadcast_global(x, tau), m, v
+
+        out = jax.tree.map(one, state.momenta, state.v, grads, params)
+        inputs, momenta, v = F.unzip(params, out, 3)
+        return inputs, self.advance(state, momenta=momenta, v=v)
+
+    def apply(self, theta, state, inputs, params):
+        cfg = self.config
+        leaves, treedef = jax.tree.flatten(inputs)
+        p_leaves = jax.tree.leaves(params)
+        scales = (mup.step_scales(params, cfg.mup_base_fan_in) if cfg.mup
+                  else [1.0] * len(p_leaves))
+        steps = [self.tensor_step(theta, x, p, s) for x, p, s in zip(leaves, p_leaves, scales)]
+        return jax.tree.unflatten(treedef, steps), state
+
+    def network(self, theta, inputs: Array) -> tuple[Array, Array]:
+        """``(d, m)`` of one tensor's inputs minus the network at zero per-parameter inputs
+        (with the same tau and DMD channels)."""
+        const = self.constant_channels()
+        out = apply_mlp(theta["mlp"], inputs, const)
+        row = inputs.reshape(-1, inputs.shape[-1])[:1]
+        zero = row.at[:, :const[0]].set(0.0)
+        if zero.shape[-1] > const[1]:   # DMD channels: per parameter, zeroed as well
+            zero = zero.at[:, const[1]:].set(0.0)
+        out = out - apply_mlp(theta["mlp"], zero)[0]
+        return out[..., 0], out[..., 1]
+
+    def tensor_step(self, theta, x: Array, p: Array, scale: float) -> Array:
+        """The step of one tensor (subtracted from p), see the module docstring."""
+        cfg = self.config
+        if x.size == 0:
+            return jnp.zeros(jnp.shape(p), jnp.float32)
+        d, m = self.network(theta, x)
+        a = x[..., cfg.num_per_parameter - 1]
+        D = cfg.nominal * a + d
+        if cfg.orthogonalize and D.ndim >= 2 and min(mup.fan_in(D.shape), D.shape[-1]) > 1:
+            D = mup.newton_schulz(D, cfg.ns_steps)
+        u = D * jax.lax.rsqrt(1e-12 + jnp.mean(jnp.square(D)))
+        live = (jnp.sum(jnp.square(x[..., 0])) > 0).astype(jnp.float32)
+        mag = jnp.exp(cfg.max_log_scale * jnp.tanh(jnp.mean(m)))
+        step = (cfg.lr * scale) * mag * live * u
+        if cfg.weight_decay and jnp.ndim(p) >= 2:
+            step = step + cfg.lr * cfg.weight_decay * p.astype(jnp.float32)
+        return step
+
+
+__all__ = ["NormMLP", "NormMLPConfig", "NormMLPState", "fraction_features"]

@@ -1,0 +1,139 @@
+"""The normalised per-parameter MLP ("norm_mlp") and its muP / Newton-Schulz helpers against their
+formulas (numpy, float64). The shared contract is tests/test_architectures.py."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import learned_opt
+from learned_opt import mup
+from learned_opt.norm_mlp import NormMLP, NormMLPConfig, fraction_features
+from oracles import G1, G2, KEY, P, np_mlp
+
+
+def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
+    """The step of one tensor after gradients ``grads`` (last = this step's), at iteration t
+    (updates already taken) of a run of n steps (0 = unknown): the module docstring in numpy."""
+    decays = np.array((cfg.beta1, *cfg.decays))
+    m = np.zeros(np.shape(p) + (len(decays),))
+    v = np.zeros(np.shape(p))
+    for g in grads:
+        g = np.asarray(g, np.float64)
+        m = decays * m + (1 - decays) * g[..., None]
+        v = cfg.beta2 * v + (1 - cfg.beta2) * g ** 2
+    g = np.asarray(grads[-1], np.float64)
+    a = (m[..., 0] / (1 - cfg.beta1 ** (t + 1))) / (np.sqrt(v / (1 - cfg.beta2 ** (t + 1))) + 1e-8)
+    raw = np.concatenate([g[..., None], np.asarray(p, np.float64)[..., None], m,
+                          np.sqrt(v)[..., None], a[..., None]], axis=-1)
+    axes = tuple(range(raw.ndim - 1))
+    x = raw / np.sqrt(cfg.norm_eps + np.mean(raw ** 2, axis=axes, keepdims=True))
+    tau = np.array([min(t / n, 1.0), 1.0]) if n > 0 else np.zeros(2)
+    inputs = np.concatenate([x, np.broadcast_to(tau, np.shape(p) + (2,))], axis=-1)
+    d, mm = np_mlp(theta["mlp"], inputs)
+    d0, m0 = np_mlp(theta["mlp"], np.concatenate([np.zeros(x.shape[-1]), tau])[None])
+    d, mm = d - d0[0], mm - m0[0]
+    D = cfg.nominal * x[..., -1] + d
+    u = D / np.sqrt(1e-12 + np.mean(D ** 2))
+    mag = np.exp(cfg.max_log_scale * np.tanh(np.mean(mm)))
+    step = cfg.lr * scale * mag * u * float(np.any(g != 0))
+    if np.ndim(p) >= 2:
+        step = step + cfg.lr * cfg.weight_decay * np.asarray(p, np.float64)
+    return step
+
+
+@pytest.mark.parametrize("n", [0, 8])
+def test_step_equals_formula(n):
+    cfg = NormMLPConfig(output_init_scale=1.0, weight_decay=0.1, lr=0.01, max_log_scale=1.0)
+    lopt = NormMLP(cfg)
+    theta = jax.device_get(lopt.init(jax.random.PRNGKey(3)))
+    state = lopt.opt_init(theta, P, n or None)
+    update = jax.jit(lopt.opt_update)
+    _, state = update(theta, state, G1, P, jnp.float32(0.0), KEY)
+    new_p, state = update(theta, state, G2, P, jnp.float32(0.0), KEY)
+    assert int(state.iteration) == 2 and int(state.num_steps) == n
+    scales = dict(zip(sorted(P), mup.step_scales({k: P[k] for k in sorted(P)}, 32.0)))
+    assert scales == {"b": 1.0, "s": 1.0, "w": 32.0 / 3}
+    for k in P:
+        want = P[k] - np_norm_mlp_step(theta, [G1[k], G2[k]], P[k], 1, n, cfg, scales[k])
+        np.testing.assert_allclose(new_p[k], want, rtol=2e-4, atol=1e-6)
+
+
+def test_fraction_features():
+    np.testing.assert_allclose(fraction_features(25, 100), [0.25, 1.0])
+    np.testing.assert_allclose(fraction_features(250, 100), [1.0, 1.0])
+    np.testing.assert_allclose(fraction_features(25, 0), [0.0, 0.0])
+
+
+def test_zero_gradient_tensor_does_not_move_and_untrained_rule_is_normalised_adam():
+    """A tensor with an all-zero gradient keeps its values; an untrained optimizer with a zero
+    network is Adam's direction normalised to RMS lr * s_mup per tensor."""
+    lopt = NormMLP(NormMLPConfig(mup=False))
+    theta = jax.tree.map(jnp.zeros_like, lopt.init(KEY))
+    params = {"w": jnp.asarray(P["w"]), "z": jnp.asarray([1.0, -2.0])}
+    grads = {"w": jnp.asarray(G1["w"]), "z": jnp.zeros(2)}
+    new, _ = lopt.opt_update(theta, lopt.opt_init(theta, params), grads, params, 0.0, KEY)
+    np.testing.assert_array_equal(new["z"], params["z"])
+    step = np.asarray(params["w"] - new["w"], np.float64)
+    np.testing.assert_allclose(np.sqrt(np.mean(step ** 2)), 1e-3, rtol=1e-4)
+    adam = np.sign(G1["w"]) * (G1["w"] != 0)   # first Adam step: g / |g|
+    np.testing.assert_allclose(step / 1e-3, adam / np.sqrt(np.mean(adam ** 2)), rtol=1e-4, atol=1e-6)
+
+
+def test_mup_scales_by_role_and_fan_in():
+    shapes = {"emb": (784, 256), "h": (256, 512), "out": (512, 10), "b": (256,), "conv": (3, 3, 16, 32)}
+    params = {k: jnp.zeros(s) for k, s in shapes.items()}
+    auto = dict(zip(sorted(shapes), mup.step_scales(params, 64)))
+    assert auto == {"b": 1.0, "conv": 64 / 144, "emb": 64 / 784, "h": 64 / 256, "out": 64 / 512}
+    roles = {"emb": "input", "h": "hidden", "out": "output", "b": "vector", "conv": "hidden"}
+    got = dict(zip(sorted(shapes), mup.step_scales(params, 64, roles)))
+    assert got == {"b": 1.0, "conv": 64 / 144, "emb": 1.0, "h": 64 / 256, "out": 64 / 512}
+    with pytest.raises(learned_opt.LearnedOptError, match="role"):
+        mup.step_scale((3, 4), 8, "middle")
+
+
+def test_width_transfer_of_the_update_scale():
+    """muP's purpose: with the per-entry step s = n0 / fan_in, a hidden layer's output change
+    under an aligned (rank-one) update is the same at every width; with s = 1 it grows ~ width."""
+    def output_change(width, use_mup):
+        rng = np.random.default_rng(0)
+        h = rng.choice([-1.0, 1.0], size=width)            # O(1) activations
+        d = np.outer(h, rng.choice([-1.0, 1.0], size=width))  # aligned update, RMS 1
+        s = mup.step_scale((width, width), 32) if use_mup else 1.0
+        return np.sqrt(np.mean((h @ (s * d)) ** 2))
+    ratios_mup = output_change(1024, True) / output_change(64, True)
+    ratios_sp = output_change(1024, False) / output_change(64, False)
+    assert ratios_mup == pytest.approx(1.0) and ratios_sp == pytest.approx(16.0)
+
+
+def test_newton_schulz_orthogonalises():
+    g = jax.random.normal(KEY, (16, 48)) * jnp.linspace(0.01, 10.0, 48)
+    for x in (g, g.T):
+        sv = np.linalg.svd(np.asarray(mup.newton_schulz(x), np.float64), compute_uv=False)
+        assert sv.min() > 0.6 and sv.max() < 1.25, sv
+    # same singular vectors: the orthogonal factor U V^T, approximately
+    u, _, vt = np.linalg.svd(np.asarray(g, np.float64), full_matrices=False)
+    cos = np.sum(np.asarray(mup.newton_schulz(g)) * (u @ vt)) / (
+        np.linalg.norm(np.asarray(mup.newton_schulz(g))) * np.linalg.norm(u @ vt))
+    assert cos > 0.95
+    np.testing.assert_array_equal(mup.newton_schulz(jnp.ones(3)), jnp.ones(3))
+
+
+def test_learning_rate_schedule_composes_through_optax():
+    """The step is lr times a normalised direction, so a schedule chained after it scales it."""
+    lopt = NormMLP()
+    theta = lopt.init(KEY)
+    params = {k: jnp.asarray(v) for k, v in P.items()}
+    grads = {k: jnp.asarray(v) for k, v in G1.items()}
+    plain = lopt.as_optax(theta, 10)
+    sched = optax.chain(lopt.as_optax(theta, 10), optax.scale_by_schedule(lambda c: 0.25))
+    u1, _ = plain.update(grads, plain.init(params), params)
+    u2, _ = sched.update(grads, sched.init(params), params)
+    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+        np.testing.assert_allclose(b, 0.25 * np.asarray(a), rtol=1e-5, atol=1e-9)
+
+
+def test_config_errors():
+    for bad in ({"beta1": 1.0}, {"lr": -1.0}, {"mup": "yes"}, {"weight_decay": float("nan")}):
+        with pytest.raises(learned_opt.LearnedOptError, match=list(bad)[0]):
+            learned_opt.make("norm_mlp", bad)
