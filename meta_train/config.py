@@ -34,6 +34,9 @@ class TrainConfig:
     sign_delta: float | None = None                  # ES: use c * sign(loss difference)
     full_es_loss: str = "mean"                       # full_es: episode "mean" or "last" loss
     meta_loss: str = "loss"                          # per-step meta-loss: normalised "loss" or its "log"
+    # Which truncations count (PES, NRES, truncated ES, TBPTT): "mean" (all: the episode's mean
+    # meta-loss) or "final" (only the truncation that ends an episode: the final loss).
+    meta_objective: str = "mean"
     # Loss guard during meta-training: > 0 runs every inner step through the LGL2O guard with
     # Adam(guard_lr) as fallback (0 = off). The guard only helps meta-training when the learned
     # optimizer sometimes wins: if the fallback wins every step, the PES gradient is 0.
@@ -71,6 +74,7 @@ class TrainConfig:
             (self.sign_delta is None or self.sign_delta > 0, "sign_delta must be > 0 or null"),
             (self.full_es_loss in ("mean", "last"), "full_es_loss must be 'mean' or 'last'"),
             (self.meta_loss in ("loss", "log"), "meta_loss must be 'loss' or 'log'"),
+            (self.meta_objective in ("mean", "final"), "meta_objective must be 'mean' or 'final'"),
             (self.meta_lr > 0, "meta_lr must be > 0"),
             (self.meta_lr_final is None or 0 <= self.meta_lr_final <= self.meta_lr,
              "meta_lr_final must be null or in [0, meta_lr]"),

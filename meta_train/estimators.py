@@ -17,6 +17,16 @@ where L is the particle's mean meta-loss over the truncation. Summed over an epi
 E[g] is the gradient of the Gaussian-smoothed episode objective sum_truncations mean_k L:
 unbiased whatever K is.
 
+NRES, noise-reuse ES (Li et al. 2023). Like PES, but each pair draws one eps when its
+episode starts and reuses it for every truncation of the episode (no accumulator):
+    g = sum_i (L+_i - L-_i) eps_i / (2 M sigma^2)   per truncation.
+Unbiased for the same smoothed objective in which one perturbation acts over a whole episode;
+its variance is lower than PES's (whose fresh noise per truncation enters xi as a sum).
+
+Objective (PES, NRES, truncated ES, truncated BPTT): ``objective="mean"`` counts every
+truncation's mean loss (the episode's mean loss); ``"final"`` counts only the truncation that
+ends an episode (L is multiplied by 1[t + K >= T]): the loss at the end of training.
+
 Truncated ES. One shared inner state per pair, advanced with the unperturbed theta
 (a third particle per pair, whose loss is the baseline b when not antithetic). The
 perturbation only acts inside the truncation, so E[g] is the gradient of the truncated
@@ -52,6 +62,9 @@ from meta_train.unroll import Unroll
 
 class EstimatorError(LearnedOptError):
     """An invalid estimator choice or option."""
+
+
+OBJECTIVES = ("mean", "final")
 
 
 def _tree_where(mask, a, b):
@@ -113,12 +126,22 @@ class _Truncated(GradientEstimator):
     """Episode bookkeeping for estimators that keep inner states across truncations:
     n groups, each with a step counter t and an episode length T (a multiple of K)."""
 
-    def __init__(self, unroll: Unroll, truncation_length: int, stagger: bool):
+    def __init__(self, unroll: Unroll, truncation_length: int, stagger: bool,
+                 objective: str = "mean"):
         if truncation_length < 1:
             raise EstimatorError(f"truncation_length must be >= 1, got {truncation_length}")
+        if objective not in OBJECTIVES:
+            raise EstimatorError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.unroll = unroll
         self.K = int(truncation_length)
         self.stagger = stagger
+        self.objective = objective
+
+    def _weights(self, t, T):
+        """(n,) weight of this truncation's loss in the objective (before t advances)."""
+        if self.objective == "final":
+            return (t + self.K >= T).astype(jnp.float32)
+        return jnp.ones(t.shape, jnp.float32)
 
     def _episode_lengths(self, key, n):
         raw = jax.vmap(self.unroll.sample_episode_length)(jax.random.split(key, n))
@@ -134,8 +157,10 @@ class _Truncated(GradientEstimator):
             T = (jax.random.randint(k_stag, (n,), 1, T // self.K + 1) * self.K).astype(jnp.int32)
         return jnp.zeros((n,), jnp.int32), T
 
-    def _fresh_inner(self, theta, key, n):
-        return jax.vmap(self.unroll.init, in_axes=(None, 0))(theta, jax.random.split(key, n))
+    def _fresh_inner(self, theta, key, T):
+        """New episodes' inner states, one per entry of the lengths ``T`` (n,)."""
+        return jax.vmap(self.unroll.start, in_axes=(None, 0, 0))(
+            theta, jax.random.split(key, T.shape[0]), T)
 
     def _step_keys(self, key, n, copies):
         """(K, copies * n) keys: group g's key repeated at g, g + n, ... (shared data)."""
@@ -250,8 +275,9 @@ class PES(_Truncated, _ESOptions):
 
     def __init__(self, unroll: Unroll, num_pairs: int = 4, truncation_length: int = 20,
                  sigma: float = 0.01, loss_clip: float | None = None, stagger: bool = True,
-                 antithetic: bool = True, sign_delta: float | None = None):
-        _Truncated.__init__(self, unroll, truncation_length, stagger)
+                 antithetic: bool = True, sign_delta: float | None = None,
+                 objective: str = "mean"):
+        _Truncated.__init__(self, unroll, truncation_length, stagger, objective)
         self._set_es_options(num_pairs, sigma, antithetic, loss_clip, sign_delta)
         self.inner_steps_per_estimate = 2 * self.M * self.K
 
@@ -260,21 +286,21 @@ class PES(_Truncated, _ESOptions):
         t, T = self._start_counters(k_count, self.M)
         accum = jax.tree.map(lambda x: jnp.zeros((self.num_directions,) + jnp.shape(x),
                                                  jnp.result_type(x)), theta)
-        return PESState(_tile(self._fresh_inner(theta, k_inner, self.M), 2), accum, t, T)
+        return PESState(_tile(self._fresh_inner(theta, k_inner, T), 2), accum, t, T)
 
     def estimate(self, theta, state: PESState, key):
         k_eps, k_steps, k_reset, k_len = jax.random.split(key, 4)
         eps, thetas = self._perturb(theta, k_eps)
         thetas, inner = self.constrain((thetas, state.inner))
         inner, losses = self._scan(thetas, inner, self._step_keys(k_steps, self.M, 2))
-        L = jnp.mean(losses, axis=0)
+        L = jnp.mean(losses, axis=0) * _tile(self._weights(state.t, state.T), 2)
         accum = jax.tree.map(jnp.add, state.accum, eps)
         pair_ok = jnp.isfinite(L[:self.M]) & jnp.isfinite(L[self.M:])
         grad = self._combine(L, accum, pair_ok)
 
         # Between truncations: reset pairs whose episode ended (or that went non-finite).
         done, t, T = self._advance(state.t, state.T, pair_ok, k_len)
-        fresh = _tile(self._fresh_inner(theta, k_reset, self.M), 2)
+        fresh = _tile(self._fresh_inner(theta, k_reset, T), 2)
         inner = _tree_where(jnp.concatenate([done, done]), fresh, inner)
         acc_done = done if self.antithetic else jnp.concatenate([done, done])
         accum = _tree_where(acc_done, jax.tree.map(jnp.zeros_like, accum), accum)
@@ -282,6 +308,48 @@ class PES(_Truncated, _ESOptions):
                    "nonfinite_particles": 2 * jnp.sum(~pair_ok),
                    "episodes_ended": jnp.sum(done)}
         return grad, PESState(inner, accum, t, T), metrics
+
+
+class NRESState(NamedTuple):
+    inner: PyTree        # inner states, leading axis 2M (as PES)
+    eps: PyTree          # the episode's perturbation per direction, theta-shaped with leading M (or 2M)
+    t: jax.Array         # (M,) int32
+    T: jax.Array         # (M,) int32
+
+
+class NRES(PES):
+    """Noise-reuse ES (see module docstring): PES's particles and episodes, one perturbation per
+    episode reused for every truncation. Same options as :class:`PES`."""
+
+    def init(self, theta, key) -> NRESState:
+        k_inner, k_count, k_eps = jax.random.split(key, 3)
+        t, T = self._start_counters(k_count, self.M)
+        eps, _ = self._perturb(theta, k_eps)
+        return NRESState(_tile(self._fresh_inner(theta, k_inner, T), 2), eps, t, T)
+
+    def _thetas(self, theta, eps):
+        if self.antithetic:
+            return jax.tree.map(lambda th, e: jnp.concatenate([th + e, th - e], axis=0), theta, eps)
+        return jax.tree.map(lambda th, e: th + e, theta, eps)
+
+    def estimate(self, theta, state: NRESState, key):
+        k_eps, k_steps, k_reset, k_len = jax.random.split(key, 4)
+        thetas, inner = self.constrain((self._thetas(theta, state.eps), state.inner))
+        inner, losses = self._scan(thetas, inner, self._step_keys(k_steps, self.M, 2))
+        L = jnp.mean(losses, axis=0) * _tile(self._weights(state.t, state.T), 2)
+        pair_ok = jnp.isfinite(L[:self.M]) & jnp.isfinite(L[self.M:])
+        grad = self._combine(L, state.eps, pair_ok)
+
+        done, t, T = self._advance(state.t, state.T, pair_ok, k_len)
+        fresh = _tile(self._fresh_inner(theta, k_reset, T), 2)
+        inner = _tree_where(jnp.concatenate([done, done]), fresh, inner)
+        new_eps, _ = self._perturb(theta, k_eps)
+        eps_done = done if self.antithetic else jnp.concatenate([done, done])
+        eps = _tree_where(eps_done, new_eps, state.eps)
+        metrics = {"meta_loss": _mean_finite(losses),
+                   "nonfinite_particles": 2 * jnp.sum(~pair_ok),
+                   "episodes_ended": jnp.sum(done)}
+        return grad, NRESState(inner, eps, t, T), metrics
 
 
 class TruncatedState(NamedTuple):
@@ -297,15 +365,16 @@ class TruncatedES(_Truncated, _ESOptions):
 
     def __init__(self, unroll: Unroll, num_pairs: int = 4, truncation_length: int = 20,
                  sigma: float = 0.01, loss_clip: float | None = None, stagger: bool = True,
-                 antithetic: bool = True, sign_delta: float | None = None):
-        _Truncated.__init__(self, unroll, truncation_length, stagger)
+                 antithetic: bool = True, sign_delta: float | None = None,
+                 objective: str = "mean"):
+        _Truncated.__init__(self, unroll, truncation_length, stagger, objective)
         self._set_es_options(num_pairs, sigma, antithetic, loss_clip, sign_delta)
         self.inner_steps_per_estimate = 3 * self.M * self.K
 
     def init(self, theta, key) -> TruncatedState:
         k_inner, k_count = jax.random.split(key)
         t, T = self._start_counters(k_count, self.M)
-        return TruncatedState(self._fresh_inner(theta, k_inner, self.M), t, T)
+        return TruncatedState(self._fresh_inner(theta, k_inner, T), t, T)
 
     def estimate(self, theta, state: TruncatedState, key):
         M = self.M
@@ -315,14 +384,14 @@ class TruncatedES(_Truncated, _ESOptions):
                               thetas, theta)
         thetas, inner = self.constrain((thetas, _tile(state.inner, 3)))
         inner, losses = self._scan(thetas, inner, self._step_keys(k_steps, M, 3))
-        L = jnp.mean(losses, axis=0)
+        L = jnp.mean(losses, axis=0) * _tile(self._weights(state.t, state.T), 3)
         L_pert, L_base = L[:2 * M], L[2 * M:]
         pair_ok = jnp.isfinite(L_pert[:M]) & jnp.isfinite(L_pert[M:])
         grad = self._combine(L_pert, eps, pair_ok, baseline=jnp.concatenate([L_base, L_base]))
 
         base = jax.tree.map(lambda x: x[2 * M:], inner)
         done, t, T = self._advance(state.t, state.T, pair_ok & jnp.isfinite(L_base), k_len)
-        base = _tree_where(done, self._fresh_inner(theta, k_reset, M), base)
+        base = _tree_where(done, self._fresh_inner(theta, k_reset, T), base)
         metrics = {"meta_loss": _mean_finite(losses[:, 2 * M:]),
                    "nonfinite_particles": 2 * jnp.sum(~pair_ok),
                    "episodes_ended": jnp.sum(done)}
@@ -362,16 +431,16 @@ class FullES(GradientEstimator, _ESOptions):
         k_eps, k_init, k_steps, k_len = jax.random.split(key, 4)
         eps, thetas = self._perturb(theta, k_eps)
         thetas = self.constrain(thetas)
+        T = _tile(jax.vmap(self.unroll.sample_episode_length)(jax.random.split(k_len, M)), 2)
+        T = jnp.clip(T, 1, self.max_length)
         init_keys = _tile(jax.random.split(k_init, M), 2)
-        inner = self.constrain(jax.vmap(self.unroll.init)(thetas, init_keys))
+        inner = self.constrain(jax.vmap(self.unroll.start)(thetas, init_keys, T))
         keys = jnp.concatenate([jax.random.split(k_steps, (self.max_length, M))] * 2, axis=1)
 
         def body(inner, step_keys):
             return jax.vmap(self.unroll.step)(thetas, inner, step_keys)
 
         _, losses = jax.lax.scan(body, inner, keys)                   # (T_max, 2M)
-        T = _tile(jax.vmap(self.unroll.sample_episode_length)(jax.random.split(k_len, M)), 2)
-        T = jnp.clip(T, 1, self.max_length)
         if self.loss == "last":
             L = losses[T - 1, jnp.arange(2 * M)]
         else:
@@ -392,8 +461,8 @@ class TruncatedBPTT(_Truncated):
     docstring). The step must be differentiable in theta."""
 
     def __init__(self, unroll: Unroll, num_particles: int = 8, truncation_length: int = 20,
-                 stagger: bool = True):
-        _Truncated.__init__(self, unroll, truncation_length, stagger)
+                 stagger: bool = True, objective: str = "mean"):
+        _Truncated.__init__(self, unroll, truncation_length, stagger, objective)
         if num_particles < 1:
             raise EstimatorError(f"num_particles must be >= 1, got {num_particles}")
         self.N = int(num_particles)
@@ -402,29 +471,30 @@ class TruncatedBPTT(_Truncated):
     def init(self, theta, key) -> TruncatedState:
         k_inner, k_count = jax.random.split(key)
         t, T = self._start_counters(k_count, self.N)
-        return TruncatedState(self._fresh_inner(theta, k_inner, self.N), t, T)
+        return TruncatedState(self._fresh_inner(theta, k_inner, T), t, T)
 
     def estimate(self, theta, state: TruncatedState, key):
         k_steps, k_reset, k_len = jax.random.split(key, 3)
 
-        def one(inner, keys):
+        def one(inner, keys, w):
             def truncation_loss(th):
                 def body(s, k):
                     return self.unroll.step(th, s, k)
                 inner_end, losses = jax.lax.scan(body, inner, keys)
-                return jnp.mean(losses), (inner_end, losses)
+                return w * jnp.mean(losses), (inner_end, losses)
             g, aux = jax.grad(truncation_loss, has_aux=True)(theta)
             return g, aux
 
         keys = jax.random.split(k_steps, (self.N, self.K))
-        grads, (inner, losses) = jax.vmap(one)(self.constrain(state.inner), keys)
+        grads, (inner, losses) = jax.vmap(one)(self.constrain(state.inner), keys,
+                                                self._weights(state.t, state.T))
         grads = self.constrain(grads)
         ok = _finite_tree(grads) & jnp.all(jnp.isfinite(losses), axis=1)
         n_ok = jnp.maximum(jnp.sum(ok), 1)
         grad = jax.tree.map(lambda g: jnp.sum(_tree_where(ok, g, jnp.zeros_like(g)), axis=0) / n_ok,
                             grads)
         done, t, T = self._advance(state.t, state.T, ok, k_len)
-        inner = _tree_where(done, self._fresh_inner(theta, k_reset, self.N), inner)
+        inner = _tree_where(done, self._fresh_inner(theta, k_reset, T), inner)
         metrics = {"meta_loss": _mean_finite(losses),
                    "nonfinite_particles": jnp.sum(~ok),
                    "episodes_ended": jnp.sum(done)}
@@ -434,6 +504,10 @@ class TruncatedBPTT(_Truncated):
 def _es_options(config) -> dict:
     return dict(num_pairs=config.num_pairs, sigma=config.sigma, loss_clip=config.loss_clip,
                 antithetic=config.antithetic, sign_delta=config.sign_delta)
+
+
+def _truncated_options(config) -> dict:
+    return dict(truncation_length=config.truncation_length, objective=config.meta_objective)
 
 
 class EstimatorSpec(NamedTuple):
@@ -448,17 +522,19 @@ class EstimatorSpec(NamedTuple):
 ESTIMATORS: dict[str, EstimatorSpec] = {
     "pes": EstimatorSpec(
         "persistent ES (unbiased; default)",
-        lambda c, u: PES(u, truncation_length=c.truncation_length, **_es_options(c))),
+        lambda c, u: PES(u, **_truncated_options(c), **_es_options(c))),
+    "nres": EstimatorSpec(
+        "noise-reuse ES (unbiased; one perturbation per episode, lower variance than PES)",
+        lambda c, u: NRES(u, **_truncated_options(c), **_es_options(c))),
     "tes": EstimatorSpec(
         "truncated ES (biased for short truncations)",
-        lambda c, u: TruncatedES(u, truncation_length=c.truncation_length, **_es_options(c))),
+        lambda c, u: TruncatedES(u, **_truncated_options(c), **_es_options(c))),
     "full_es": EstimatorSpec(
         "ES over whole episodes",
         lambda c, u: FullES(u, loss=c.full_es_loss, **_es_options(c))),
     "tbptt": EstimatorSpec(
         "truncated backprop through time (biased for short truncations)",
-        lambda c, u: TruncatedBPTT(u, num_particles=2 * c.num_pairs,
-                                   truncation_length=c.truncation_length)),
+        lambda c, u: TruncatedBPTT(u, num_particles=2 * c.num_pairs, **_truncated_options(c))),
 }
 
 

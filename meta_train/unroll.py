@@ -2,7 +2,8 @@
 
 An Unroll is any dynamical system parameterised by theta:
 
-    init(theta, key)        -> state          (start of an episode)
+    init(theta, key)        -> state          (start of an episode; ``init(theta, key, length)``
+                                               when ``knows_length``: the episode's length T)
     step(theta, state, key) -> (state, loss)  (one inner step; loss is the meta-loss term)
     sample_episode_length(key) -> int32 scalar, a multiple of nothing in particular;
                                  None-like systems return a huge number.
@@ -34,12 +35,19 @@ class Unroll:
     """A user-defined unrolled computation (see module docstring).
 
     ``episode_length``: fixed int, a (min, max) pair sampled log-uniformly
-    per episode, or None for a never-ending system.
+    per episode, or None for a never-ending system. ``knows_length``: ``init`` takes the
+    episode's length as a third argument (an int32 scalar; e.g. a learned optimizer conditioned
+    on the fraction of training done). Estimators call :meth:`start`.
     """
 
-    init: Callable[[PyTree, jax.Array], PyTree]
+    init: Callable[..., PyTree]
     step: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, jax.Array]]
     episode_length: int | tuple[int, int] | None = None
+    knows_length: bool = False
+
+    def start(self, theta: PyTree, key: jax.Array, length: jax.Array) -> PyTree:
+        """The state at the start of an episode of ``length`` steps."""
+        return self.init(theta, key, length) if self.knows_length else self.init(theta, key)
 
     def sample_episode_length(self, key: jax.Array) -> jax.Array:
         spec = self.episode_length
@@ -70,7 +78,8 @@ class LOptState(NamedTuple):
 def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
                              max_meta_loss: float = 10.0, guard=None, log_loss: bool = False,
                              guard_kind: str = "step",
-                             check_every: int = DEFAULT_CHECK_EVERY) -> Unroll:
+                             check_every: int = DEFAULT_CHECK_EVERY,
+                             hide_length: float = 0.0) -> Unroll:
     """Training a learned optimizer on a task family, as an Unroll.
 
     Each episode samples a task cfg from ``family``, initialises its parameters,
@@ -90,6 +99,10 @@ def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
     the fallback's own run inside the state, its gradient from ``grad_fn``, checks every
     ``check_every`` steps of the episode; about 2x the step). Without a guard the steps are
     exactly those of ``lopt.opt_update`` (same keys and batches as before the guard existed).
+
+    The optimizer's state starts with the episode's length as ``num_steps`` (``opt_init``; an
+    architecture conditioned on the fraction of training done reads it), withheld (0, "unknown")
+    in a random ``hide_length`` fraction of episodes so that the rule also learns to act without it.
     """
     if guard is not None and not (hasattr(guard, "init") and hasattr(guard, "update")):
         raise LearnedOptError(f"guard must be None or an optax transformation (the fallback), "
@@ -97,19 +110,21 @@ def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
     if guard_kind not in ("step", "trajectory"):
         raise LearnedOptError(f"guard_kind must be 'step' or 'trajectory', got {guard_kind!r}")
 
-    def guard_tx(theta):
+    def guard_tx(theta, num_steps=None):
         if guard_kind == "trajectory":
-            return trajectory_guard(as_optax(lopt, theta), guard, check_every=check_every)
-        return loss_guard(as_optax(lopt, theta), guard)
+            return trajectory_guard(as_optax(lopt, theta, num_steps), guard, check_every=check_every)
+        return loss_guard(as_optax(lopt, theta, num_steps), guard)
 
-    def init(theta, key):
+    def init(theta, key, length):
         k_cfg, k_init = jax.random.split(key)
         cfg = family.sample(k_cfg)
         task = family.task(cfg)
         params = task.init(k_init)
+        if hide_length > 0:
+            length = jnp.where(jax.random.bernoulli(jax.random.fold_in(key, 7), hide_length), 0, length)
         if guard is not None:
-            return LOptState(cfg, params, guard_tx(theta).init(params))
-        return LOptState(cfg, params, lopt.opt_init(theta, params))
+            return LOptState(cfg, params, guard_tx(theta, length).init(params))
+        return LOptState(cfg, params, lopt.opt_init(theta, params, length))
 
     def update(theta):
         """One step's rule for ``tasks.training.train_step``: the learned optimizer's own
@@ -135,4 +150,4 @@ def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
             meta_loss = jnp.log(jnp.maximum(meta_loss, 1e-6))
         return LOptState(state.cfg, params, opt_state), meta_loss
 
-    return Unroll(init=init, step=step, episode_length=episode_length)
+    return Unroll(init=init, step=step, episode_length=episode_length, knows_length=True)

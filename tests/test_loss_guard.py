@@ -260,7 +260,7 @@ def test_guarded_unroll_and_pes():
     theta = scaled_descent_theta(1e4)
 
     def losses(unroll, n=20):
-        state = unroll.init(theta, jax.random.PRNGKey(0))
+        state = unroll.start(theta, jax.random.PRNGKey(0), jnp.int32(n))
         state, ls = jax.lax.scan(lambda s, k: unroll.step(theta, s, k), state,
                                  jax.random.split(jax.random.PRNGKey(1), n))
         return state, ls
