@@ -18,6 +18,7 @@ from tasks.suites import (
     suites_for,
 )
 from tasks import training
+from tasks.augment import AugmentedFamily, augmented
 
 __all__ = [
     "ACTIVATIONS", "AutoencoderFamily", "ConvClassifierFamily", "NQMFamily",
@@ -27,5 +28,5 @@ __all__ = [
     "family_name_of_task", "get_family", "get_task", "get_task_and_family",
     "list_families", "list_tasks", "load_dataset",
     "PERIODIC_EVAL_SEED", "SUITE_SEED", "Suite", "get_suite", "list_suites", "periodic_eval_keys",
-    "suite_tasks", "suites_for", "training",
+    "suite_tasks", "suites_for", "training", "AugmentedFamily", "augmented",
 ]
