@@ -15,10 +15,57 @@ class ConfigError(LearnedOptError):
 
 
 @dataclasses.dataclass(frozen=True)
+class FamilyEntry:
+    """One task family of a (multi-family) meta-training run: ``family`` (a tasks.get_family
+    name) with ``kwargs``, wrapped by ``tasks.augmented(**augment)``; its share ``weight`` of the
+    meta-gradient; its own population of ``2 * num_pairs`` particles (None: the config's); a
+    ``label`` for metrics (default: the family name, made unique)."""
+
+    family: str
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    weight: float = 1.0
+    augment: dict = dataclasses.field(default_factory=dict)
+    num_pairs: int | None = None
+    label: str | None = None
+
+    @classmethod
+    def from_dict(cls, d) -> "FamilyEntry":
+        if isinstance(d, str):
+            d = {"family": d}
+        if not isinstance(d, dict) or "family" not in d:
+            raise ConfigError(f"invalid config: each entry of families must be a family name or "
+                              f"an object with a 'family' key, got {d!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"invalid config: unknown families entry key(s) {unknown}; "
+                              f"valid keys: {sorted(names)}")
+        e = cls(**d)
+        checks = [(isinstance(e.family, str), "family must be a name"),
+                  (isinstance(e.kwargs, dict), "kwargs must be an object"),
+                  (isinstance(e.augment, dict), "augment must be an object"),
+                  (isinstance(e.weight, (int, float)) and not isinstance(e.weight, bool)
+                   and e.weight > 0 and e.weight < float("inf"), "weight must be a positive number"),
+                  (e.num_pairs is None or (isinstance(e.num_pairs, int)
+                                           and not isinstance(e.num_pairs, bool) and e.num_pairs >= 1),
+                   "num_pairs must be null or an integer >= 1"),
+                  (e.label is None or isinstance(e.label, str), "label must be a string")]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"invalid config: families entry {d!r}: {msg}")
+        return e
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     # What is meta-trained on what.
     family: str = "mnist1d_mlp"                      # tasks.get_family name
     family_kwargs: dict = dataclasses.field(default_factory=dict)
+    augment: dict = dataclasses.field(default_factory=dict)   # tasks.augmented options
+    # Several families at once (overrides family/family_kwargs/augment): a list of family names
+    # or FamilyEntry objects {"family", "kwargs", "weight", "augment", "num_pairs", "label"}; each
+    # keeps its own population and estimator state, the meta-gradient is their weighted mean.
+    families: tuple = ()
     architecture: str = "mlp"                        # learned_opt architecture name
     lopt_config: dict = dataclasses.field(default_factory=dict)
     # Outer estimator: "pes" (default), "tes" (truncated ES), "full_es" (whole episodes)
@@ -28,6 +75,7 @@ class TrainConfig:
     truncation_length: int = 20                      # K inner steps per outer step
     min_episode_length: int = 100
     max_episode_length: int = 400
+    hide_length: float = 0.0                         # fraction of episodes run without num_steps
     sigma: float = 0.01                              # ES perturbation std
     antithetic: bool = True                          # ES: +-eps pairs (else independent eps)
     loss_clip: float | None = None                   # ES: clip loss differences to [-c, c]
@@ -64,6 +112,9 @@ class TrainConfig:
     def __post_init__(self):
         checks = [
             (self.num_pairs >= 1, "num_pairs must be >= 1"),
+            (isinstance(self.augment, dict), "augment must be an object of tasks.augmented options"),
+            (isinstance(self.families, (list, tuple)), "families must be a list"),
+            (0.0 <= self.hide_length <= 1.0, "hide_length must be in [0, 1]"),
             (self.truncation_length >= 1, "truncation_length must be >= 1"),
             (1 <= self.min_episode_length <= self.max_episode_length,
              "need 1 <= min_episode_length <= max_episode_length"),
@@ -92,6 +143,26 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"invalid config: {msg}")
+        if isinstance(self.families, list):   # JSON gives lists; keep the dataclass hashable-ish
+            object.__setattr__(self, "families", tuple(self.families))
+        self.family_entries()   # validates every entry
+
+    def family_entries(self) -> list[FamilyEntry]:
+        """The families this run meta-trains on, with unique labels (one entry when
+        ``families`` is empty: ``family``, ``family_kwargs``, ``augment``)."""
+        if not self.families:
+            entries = [FamilyEntry(self.family, dict(self.family_kwargs), 1.0, dict(self.augment))]
+        else:
+            entries = [FamilyEntry.from_dict(d) for d in self.families]
+        seen: dict[str, int] = {}
+        out = []
+        for e in entries:
+            label = e.label or e.family
+            seen[label] = seen.get(label, 0) + 1
+            if seen[label] > 1:
+                label = f"{label}_{seen[label]}"
+            out.append(dataclasses.replace(e, label=label))
+        return out
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -113,6 +184,21 @@ class TrainConfig:
 
 DMD_ON = {"dmd_window": 8, "dmd_rank": 3}   # DMD features: last 8 gradients, rank 3
 
+# Augmentation of the general mixture's main family (tasks.augmented): parameters in other
+# coordinates (per-tensor scales 0.1-10), loss scale 0.01-100, batch 10-100% of its rows.
+GENERAL_AUGMENT = {"reparam": [0.1, 10.0], "loss_scale": [0.01, 100.0], "batch_fraction": [0.1, 1.0]}
+# The general optimizer's meta-training mixture. Held out for evaluation: other datasets (digits),
+# wider networks, autoencoders, sequence models, attention, 2-D convs, NQM, longer horizons.
+GENERAL_FAMILIES = (
+    {"family": "mnist1d_mlp", "augment": GENERAL_AUGMENT, "num_pairs": 8, "label": "mlp32x2_aug"},
+    {"family": "mnist1d_mlp", "kwargs": {"hidden_sizes": [64, 64]}, "label": "mlp64x2"},
+    {"family": "mnist1d_mlp", "kwargs": {"hidden_sizes": [16]}, "label": "mlp16"},
+    {"family": "image_mlp", "kwargs": {"datasets": ["mnist1d"], "max_depth": 1,
+                                       "widths": [16, 32, 64, 128, 256]}, "label": "image_mlp"},
+    {"family": "mnist1d_conv", "label": "conv1d"},
+    {"family": "quadratic", "label": "quadratic"},
+)
+
 NAMED_CONFIGS: dict[str, TrainConfig] = {
     "default": TrainConfig(
         outer_steps=2000, eval_every=250,
@@ -127,6 +213,15 @@ NAMED_CONFIGS: dict[str, TrainConfig] = {
                            ("adafactor_mlp", "Adafactor-MLP (small_fc_lopt, 39 features)"))
        for suffix, lc, note in (("", {}, ""), ("_dmd", DMD_ON, " with DMD features"))
        if (arch, suffix) != ("mlp", "")},
+    "general": TrainConfig(
+        architecture="norm_mlp", estimator="pes", num_pairs=4, truncation_length=20,
+        min_episode_length=100, max_episode_length=2000, hide_length=0.2, meta_loss="log",
+        meta_lr=1e-3, meta_lr_final=1e-4, outer_steps=10000, eval_every=500, eval_steps=400,
+        checkpoint_every=25, families=GENERAL_FAMILIES,
+        description="The general optimizer: norm_mlp (normalised, muP-scaled, time-conditioned) "
+                    "meta-trained with PES on a mixture of 6 families (MLPs of widths 16-256 and "
+                    "depths 1-2, one with augmentation, conv nets, quadratics), "
+                    "episodes 100-2000 steps, log meta-loss."),
     "digits": TrainConfig(
         family="digits_mlp",
         description="As default, on scikit-learn digits (8x8)."),

@@ -501,6 +501,53 @@ class TruncatedBPTT(_Truncated):
         return grad, TruncatedState(inner, t, T), metrics
 
 
+class MultiFamily(GradientEstimator):
+    """Several estimators (one per task family: own Unroll, own population shapes, own state)
+    as one. With weights w_f normalised to sum to 1 and per-family keys ``split(key, F)``:
+
+        g = sum_f w_f g_f,   state = (state_1, ..., state_F),
+        metrics: each family's under "<label>/<name>", plus meta_loss = sum_f w_f meta_loss_f.
+
+    One jitted outer step runs every family's truncation; ``constrain`` and ``vmap_groups``
+    set here reach every member estimator."""
+
+    def __init__(self, estimators, weights, labels):
+        if not (len(estimators) == len(weights) == len(labels) >= 1):
+            raise EstimatorError("MultiFamily needs one weight and one label per estimator")
+        if not all(w > 0 for w in weights):
+            raise EstimatorError(f"family weights must be positive, got {list(weights)}")
+        total = float(sum(weights))
+        self.estimators = list(estimators)
+        self.weights = [float(w) / total for w in weights]
+        self.labels = list(labels)
+        self.inner_steps_per_estimate = sum(e.inner_steps_per_estimate for e in self.estimators)
+
+    def __setattr__(self, name, value):
+        if name in ("constrain", "vmap_groups"):
+            for e in self.estimators:
+                setattr(e, name, value)
+        object.__setattr__(self, name, value)
+
+    def init(self, theta, key):
+        keys = jax.random.split(key, len(self.estimators))
+        return tuple(e.init(theta, k) for e, k in zip(self.estimators, keys))
+
+    def estimate(self, theta, state, key):
+        keys = jax.random.split(key, len(self.estimators))
+        grad, states, metrics = None, [], {}
+        meta_loss = 0.0
+        for e, w, label, s, k in zip(self.estimators, self.weights, self.labels, state, keys):
+            g, s, m = e.estimate(theta, s, k)
+            grad = jax.tree.map(lambda a: w * a, g) if grad is None else jax.tree.map(
+                lambda a, b: a + w * b, grad, g)
+            states.append(s)
+            metrics.update({f"{label}/{name}": v for name, v in m.items()})
+            meta_loss = meta_loss + w * m["meta_loss"]
+        metrics["meta_loss"] = meta_loss
+        metrics["nonfinite_particles"] = sum(metrics[f"{l}/nonfinite_particles"] for l in self.labels)
+        return grad, tuple(states), metrics
+
+
 def _es_options(config) -> dict:
     return dict(num_pairs=config.num_pairs, sigma=config.sigma, loss_clip=config.loss_clip,
                 antithetic=config.antithetic, sign_delta=config.sign_delta)

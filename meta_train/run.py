@@ -113,8 +113,9 @@ def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: boo
     end = config.outer_steps if stop_after is None else min(config.outer_steps, stop_after)
     start = int(state.step)
     t0 = time.time()
+    labels = [e.label for e in trainer.entries]
     bar = tqdm(total=config.outer_steps, initial=start, disable=not (progress and main),
-               desc=f"meta-train {config.family}", unit="step", dynamic_ncols=True)
+               desc=f"meta-train {'+'.join(labels)}", unit="step", dynamic_ncols=True)
     inner_steps_per_outer = trainer.estimator.inner_steps_per_estimate
     log = open(metrics_path, "a") if main else None
     try:
@@ -131,7 +132,9 @@ def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: boo
             if step % config.log_every == 0 or step == end:
                 rec = {"step": step, "time_s": round(time.time() - t0, 3), **_to_py(metrics)}
                 write(rec)
-                bar.set_postfix(meta_loss=f"{rec['meta_loss']:.3f}")
+                per_family = ({} if len(labels) == 1 else
+                              {lb: f"{rec[lb + '/meta_loss']:.3f}" for lb in labels})
+                bar.set_postfix(meta_loss=f"{rec['meta_loss']:.3f}", **per_family)
             if config.eval_every and (step % config.eval_every == 0 or step == config.outer_steps):
                 rec = {"step": step, **_to_py(trainer.evaluate(state.theta))}
                 write(rec)

@@ -22,7 +22,7 @@ from learned_opt.trajectory_guard import DEFAULT_CHECK_EVERY, trajectory_guard
 from learned_opt.optax_adapter import as_optax
 from meta_train import sharding
 from meta_train.config import TrainConfig
-from meta_train.estimators import make_estimator
+from meta_train.estimators import MultiFamily, make_estimator
 from meta_train.unroll import learned_optimizer_unroll, normalised_loss
 from tasks import training
 
@@ -42,7 +42,7 @@ def periodic_eval_curves(lopt, family, theta, keys, num_steps, guard=None, guard
     same rollout as every report (``tasks.training.train``, through ``as_optax``; behind the
     guard of ``guard_kind`` with fallback ``guard`` when given). Returns normalised training losses clipped as the
     meta-loss is, shape (len(keys), num_steps). Vmapped over tasks, scanned over steps."""
-    tx = as_optax(lopt, theta)
+    tx = as_optax(lopt, theta, num_steps)
     if guard is not None and guard_kind == "trajectory":
         tx = trajectory_guard(tx, guard, check_every=check_every, num_steps=num_steps)
     elif guard is not None:
@@ -66,14 +66,23 @@ class MetaTrainer:
     def __init__(self, config: TrainConfig, mesh=None):
         self.config = config
         self.mesh = sharding.population_mesh() if mesh is None else mesh
-        self.family = tasks.get_family(config.family, **config.family_kwargs)
+        self.entries = config.family_entries()
+        self.families = [tasks.augmented(tasks.get_family(e.family, **e.kwargs), **e.augment)
+                         for e in self.entries]
+        self.family = self.families[0]
         self.lopt = learned_opt.make(config.architecture, config.lopt_config)
         self.guard = optax.adam(config.guard_lr) if config.guard_lr > 0 else None
-        self.unroll = learned_optimizer_unroll(
-            self.lopt, self.family, (config.min_episode_length, config.max_episode_length),
+        self.unrolls = [learned_optimizer_unroll(
+            self.lopt, fam, (config.min_episode_length, config.max_episode_length),
             guard=self.guard, log_loss=config.meta_loss == "log", guard_kind=config.guard_kind,
-            check_every=config.guard_check_every)
-        self.estimator = make_estimator(config, self.unroll)
+            check_every=config.guard_check_every, hide_length=config.hide_length)
+            for fam in self.families]
+        self.unroll = self.unrolls[0]
+        estimators = [make_estimator(config.replace(num_pairs=e.num_pairs or config.num_pairs), u)
+                      for e, u in zip(self.entries, self.unrolls)]
+        self.estimator = (estimators[0] if len(estimators) == 1 else
+                          MultiFamily(estimators, [e.weight for e in self.entries],
+                                      [e.label for e in self.entries]))
         lr = config.meta_lr
         if config.meta_lr_final is not None:    # cosine decay meta_lr -> meta_lr_final over the run
             lr = optax.cosine_decay_schedule(config.meta_lr, max(1, config.outer_steps),
@@ -85,7 +94,8 @@ class MetaTrainer:
             # two independent vmapped parts keep both cores busy (benchmarks/reference_pes.py: +7-17%)
             self.estimator.vmap_groups = 2
         if self.mesh.size > 1:
-            sharding.warn_if_uneven(2 * config.num_pairs, self.mesh)
+            for e in self.entries:
+                sharding.warn_if_uneven(2 * (e.num_pairs or config.num_pairs), self.mesh)
         self.state_shardings = sharding.train_state_shardings(self.mesh, jax.eval_shape(self._init))
         rep = sharding.replicated(self.mesh)
         self._init_jit = jax.jit(self._init, out_shardings=self.state_shardings)
@@ -130,10 +140,20 @@ class MetaTrainer:
         return TrainState(state.step + 1, theta, meta_opt_state, est_state, key), metrics
 
     def _evaluate(self, theta):
-        """Mean normalised training loss over ``eval_steps`` on fixed held-out tasks."""
+        """Mean normalised training loss over ``eval_steps`` on fixed held-out tasks of each
+        family (with several families: each one's under "<label>/", and their mean)."""
         keys = self.estimator.constrain(tasks.periodic_eval_keys(self.config.eval_tasks))
-        losses = periodic_eval_curves(self.lopt, self.family, theta, keys,
-                                      self.config.eval_steps, guard=self.guard,
-                                      guard_kind=self.config.guard_kind,
-                                      check_every=self.config.guard_check_every)
-        return {"eval_mean_loss": jnp.mean(losses), "eval_final_loss": jnp.mean(losses[:, -1])}
+        out = {}
+        for e, fam in zip(self.entries, self.families):
+            losses = periodic_eval_curves(self.lopt, fam, theta, keys,
+                                          self.config.eval_steps, guard=self.guard,
+                                          guard_kind=self.config.guard_kind,
+                                          check_every=self.config.guard_check_every)
+            out[e.label] = {"eval_mean_loss": jnp.mean(losses),
+                            "eval_final_loss": jnp.mean(losses[:, -1])}
+        if len(out) == 1:
+            return next(iter(out.values()))
+        metrics = {f"{label}/{k}": v for label, m in out.items() for k, v in m.items()}
+        for k in ("eval_mean_loss", "eval_final_loss"):
+            metrics[k] = jnp.mean(jnp.stack([m[k] for m in out.values()]))
+        return metrics

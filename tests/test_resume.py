@@ -9,10 +9,19 @@ from meta_train.config import get_config
 from learned_opt.files import read_jsonl as read_metrics
 from meta_train.run import STATE_FILE, train
 
+import pytest
+
 CFG = get_config("smoke").replace(outer_steps=12, checkpoint_every=5, eval_every=4, log_every=1)
+# two families (own populations, one augmented), the normalised architecture, hidden horizons
+MULTI = CFG.replace(architecture="norm_mlp", hide_length=0.5, families=[
+    {"family": "quadratic"},
+    {"family": "quadratic", "kwargs": {"dim": 5}, "weight": 0.5, "num_pairs": 1,
+     "augment": {"reparam": [0.1, 10.0], "loss_scale": [0.1, 10.0]}}])
 
 
-def test_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("cfg", [CFG, MULTI], ids=["one_family", "two_families"])
+def test_resume_matches_uninterrupted(tmp_path, cfg):
+    CFG = cfg
     full, _, _ = train(CFG, str(tmp_path / "full"), progress=False)
 
     run = str(tmp_path / "killed")

@@ -188,12 +188,12 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
     for e in entries:
         say(f"{suite.name}: {e.label}")
         curves[e.label], test[e.label], _, final[e.label] = _curves(
-            fam, cfgs, keys, lambda _, th, e=e: e.lopt.as_optax(th), jnp.zeros(n), e.theta, T)
+            fam, cfgs, keys, lambda _, th, e=e: e.lopt.as_optax(th, T), jnp.zeros(n), e.theta, T)
         for kind in guard_kinds(guard):
             label = e.label + GUARD_SUFFIX[kind]
             say(f"{suite.name}: {label}")
             if kind == "step":
-                make = lambda lr, th, e=e: guarded(e.lopt, th, optax.adam(lr))  # noqa: E731
+                make = lambda lr, th, e=e: guarded(e.lopt, th, optax.adam(lr), num_steps=T)  # noqa: E731
             else:
                 make = lambda lr, th, e=e: trajectory_guarded(  # noqa: E731
                     e.lopt, th, optax.adam(lr), check_every=check_every, num_steps=T)
