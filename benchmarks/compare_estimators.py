@@ -7,6 +7,13 @@ PES, truncated ES and truncated BPTT get --outer-steps; full-episode ES gets as 
 inner steps in all (each of its estimates runs whole episodes of max_episode_length).
 Runs that already exist in --out are resumed or reused. Writes estimators.png (held-out
 mean normalised loss vs outer step and vs seconds) and prints a table.
+
+    python benchmarks/compare_estimators.py --variance [--config general] [--estimators pes,nres]
+
+measures instead the variance of one estimate at equal compute (same particles, same truncation)
+at a fixed theta (the optimizer's initialisation): each estimator runs ``--warmup`` truncations
+(past its first, staggered episodes), then ``--samples`` more, and the per-coordinate variance of
+those estimates, summed over theta, is printed with its ratio to the first estimator's.
 """
 from __future__ import annotations
 
@@ -20,7 +27,27 @@ from meta_train.config import get_config  # noqa: E402
 from learned_opt.files import read_jsonl as read_metrics  # noqa: E402
 from meta_train.run import train  # noqa: E402
 
-LABELS = {"pes": "PES", "tes": "truncated ES", "tbptt": "truncated BPTT", "full_es": "full-episode ES"}
+LABELS = {"pes": "PES", "tes": "truncated ES", "tbptt": "truncated BPTT", "full_es": "full-episode ES",
+          "nres": "NRES"}
+
+
+def estimate_variance(config, warmup: int, samples: int, seed: int = 0) -> tuple[float, float]:
+    """(sum over theta of the per-coordinate variance of one estimate, mean squared norm of the
+    mean estimate) for ``config``'s estimator at its initial theta."""
+    import jax
+    import numpy as np
+    from meta_train.trainer import MetaTrainer
+    tr = MetaTrainer(config)
+    theta = tr.lopt.init(jax.random.PRNGKey(seed))
+    state = tr.estimator.init(theta, jax.random.PRNGKey(seed + 1))
+    step = jax.jit(tr.estimator.estimate)
+    flat = []
+    for i in range(warmup + samples):
+        g, state, _ = step(theta, state, jax.random.PRNGKey(1000 + i))
+        if i >= warmup:
+            flat.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]))
+    flat = np.stack(flat)
+    return float(flat.var(axis=0).sum()), float(np.sum(flat.mean(axis=0) ** 2))
 
 
 def eval_points(records):
@@ -41,7 +68,24 @@ def main():
     ap.add_argument("--outer-steps", type=int, default=600)
     ap.add_argument("--estimators", default="pes,tes,tbptt,full_es")
     ap.add_argument("--out", default="runs/estimators")
+    ap.add_argument("--variance", action="store_true", help="measure estimate variance instead")
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--samples", type=int, default=200)
     args = ap.parse_args()
+    if args.variance:
+        from learned_opt import compile_cache
+        compile_cache.enable()
+        names = args.estimators.split(",") if args.estimators != ap.get_default("estimators") else ["pes", "nres"]
+        base = None
+        print(f"config {args.config}: variance of one estimate at the initial theta, {args.warmup} "
+              f"truncations of warm-up, {args.samples} estimates")
+        for name in names:
+            cfg = get_config(args.config).replace(estimator=name)
+            var, sq = estimate_variance(cfg, args.warmup, args.samples)
+            base = base or var
+            print(f"{LABELS[name]:18s} total variance {var:.4g} (x{var / base:.2f} of "
+                  f"{LABELS[names[0]]}), |mean estimate|^2 {sq:.4g}", flush=True)
+        return
 
     results = {}
     for name in args.estimators.split(","):

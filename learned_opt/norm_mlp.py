@@ -14,6 +14,7 @@ updated with the current g first:
     D    = nominal * a_n + d                    (a_n: the normalised channel a; nominal Adam term)
     D   <- NewtonSchulz(D)                      (``orthogonalize``, matrices only)
     u    = D * rsqrt(1e-12 + mean_tensor(D^2))                  normalised output, RMS 1
+                                                (u = D with ``normalize_output=False``)
     step = lr * s_mup * exp(max_log_scale * tanh(mean_tensor(m))) * u * live
            + lr * weight_decay * p              (decoupled, tensors with ndim >= 2)
     p   <- p - step
@@ -75,6 +76,7 @@ class NormMLPConfig(LOptConfig):
     mup_base_fan_in: float = 32.0
     orthogonalize: bool = False
     ns_steps: int = 5
+    normalize_output: bool = True
     max_log_scale: float = 2.0        # per-tensor magnitude in [e^-2, e^2]
     output_init_scale: float = 0.1
     norm_eps: float = 1e-5
@@ -93,6 +95,7 @@ class NormMLPConfig(LOptConfig):
         yield "mup_base_fan_in", is_real(self.mup_base_fan_in) and self.mup_base_fan_in > 0, "positive"
         yield "orthogonalize", isinstance(self.orthogonalize, bool), "true or false"
         yield "ns_steps", are_ints((self.ns_steps,)), "a positive int"
+        yield "normalize_output", isinstance(self.normalize_output, bool), "true or false"
         yield "max_log_scale", is_real(self.max_log_scale) and self.max_log_scale >= 0, ">= 0"
         yield "norm_eps", is_real(self.norm_eps) and self.norm_eps > 0, "positive"
         yield from super().checks()
@@ -198,7 +201,7 @@ class NormMLP(LearnedOptimizer):
         D = cfg.nominal * a + d
         if cfg.orthogonalize and D.ndim >= 2 and min(mup.fan_in(D.shape), D.shape[-1]) > 1:
             D = mup.newton_schulz(D, cfg.ns_steps)
-        u = D * jax.lax.rsqrt(1e-12 + jnp.mean(jnp.square(D)))
+        u = D * jax.lax.rsqrt(1e-12 + jnp.mean(jnp.square(D))) if cfg.normalize_output else D
         live = (jnp.sum(jnp.square(x[..., 0])) > 0).astype(jnp.float32)
         mag = jnp.exp(cfg.max_log_scale * jnp.tanh(jnp.mean(m)))
         step = (cfg.lr * scale) * mag * live * u

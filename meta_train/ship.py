@@ -132,7 +132,7 @@ def ship(run_dir: str, name: str, config_name: str, root: str = "checkpoints",
     """Write ``root/name/`` from ``run_dir``; returns the model card's path."""
     lopt, theta, meta = learned_opt.load(os.path.join(run_dir, "optimizer.npz"))
     cfg = json.load(open(os.path.join(run_dir, "config.json")))
-    TrainConfig.from_dict(cfg)                      # a valid config, or a clear error
+    tc = TrainConfig.from_dict(cfg)                 # a valid config, or a clear error
     records = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     evals = [r for r in records if "eval_mean_loss" in r]
     dest = os.path.join(root, name)
@@ -143,7 +143,23 @@ def ship(run_dir: str, name: str, config_name: str, root: str = "checkpoints",
     kept = [r for r in records if "eval_mean_loss" in r or r.get("step", 0) % 50 == 0]
     write_jsonl(os.path.join(dest, "metrics.jsonl"), kept)
     n_params = sum(x.size for x in jax.tree.leaves(theta))
-    fam = cfg["family"] + (f" {json.dumps(cfg['family_kwargs'])}" if cfg.get("family_kwargs") else "")
+    entries = tc.family_entries()
+
+    def family_text(e):
+        extra = [json.dumps(e.kwargs)] if e.kwargs else []
+        extra += [f"augmented {json.dumps(e.augment)}"] if e.augment else []
+        return f"`{e.family}`" + (f" {' '.join(extra)}" if extra else "")
+
+    if len(entries) == 1:
+        fam = f"task family {family_text(entries[0])}"
+    else:
+        total = sum(e.weight for e in entries)
+        fam = f"{len(entries)} task families (weight, particles): " + "; ".join(
+            f"{family_text(e)} ({e.weight / total:.2f}, {2 * (e.num_pairs or tc.num_pairs)})"
+            for e in entries)
+    particles = sum(2 * (e.num_pairs or tc.num_pairs) for e in entries)
+    steps = int(meta.get("outer_steps", 0) or 0)
+    inner = steps * particles * tc.truncation_length
     label = label or lopt.architecture
     lines = [
         f"# `{name}`: {NAMED_CONFIGS[config_name].description.split(', PES')[0]}", "",
@@ -153,14 +169,14 @@ def ship(run_dir: str, name: str, config_name: str, root: str = "checkpoints",
         "| | |", "|---|---|",
         f"| architecture | `{lopt.architecture}` ({n_params} meta-parameters), config "
         f"`{json.dumps(config_to_dict(lopt.config), default=str)}` |",
-        f"| meta-training distribution | task family `{fam}`: {cfg['min_episode_length']}-"
+        f"| meta-training distribution | {fam}: {cfg['min_episode_length']}-"
         f"{cfg['max_episode_length']}-step training runs (log-uniform), truncations of "
         f"{cfg['truncation_length']} steps |",
-        f"| meta-training | {cfg['estimator'].upper()}, {2 * cfg['num_pairs']} particles, sigma "
+        f"| meta-training | {cfg['estimator'].upper()}, {particles} particles, sigma "
         f"{cfg['sigma']}, meta-optimizer {cfg['meta_optimizer']} lr {cfg['meta_lr']}"
         + (f" -> {cfg['meta_lr_final']} (cosine)" if cfg.get("meta_lr_final") is not None else "")
         + f", meta-loss: normalised training {'log-loss' if cfg.get('meta_loss') == 'log' else 'loss'} |",
-        f"| outer steps | {meta.get('outer_steps', '?')} |",
+        f"| outer steps | {meta.get('outer_steps', '?')} ({inner:,} inner training steps in all) |",
         f"| wall time | {wall_time_s(records) / 60:.1f} min |",
         f"| hardware | {platform.machine()}, {os.cpu_count()} CPU cores (no accelerator) |",
         "| held-out evaluation during meta-training | "

@@ -9,6 +9,7 @@ from tasks.conv import ConvClassifierFamily
 from tasks.nqm import NQMFamily
 from tasks.parametric import ParametricImageMLPFamily
 from tasks.sequence import TextRNNFamily
+from tasks.transformer import TextTransformerFamily
 from tasks.registry import (
     family_kwargs, family_name_of_task, get_family, get_task, get_task_and_family, list_families,
     list_tasks,
@@ -22,7 +23,7 @@ from tasks.augment import AugmentedFamily, augmented
 
 __all__ = [
     "ACTIVATIONS", "AutoencoderFamily", "ConvClassifierFamily", "NQMFamily",
-    "ParametricImageMLPFamily", "TextRNNFamily", "Dataset", "DatasetNotFoundError",
+    "ParametricImageMLPFamily", "TextRNNFamily", "TextTransformerFamily", "Dataset", "DatasetNotFoundError",
     "MLPClassifierFamily",
     "QuadraticFamily", "Task", "TaskError", "TaskFamily", "family_kwargs",
     "family_name_of_task", "get_family", "get_task", "get_task_and_family",

@@ -14,6 +14,7 @@ from tasks.nqm import NQMFamily
 from tasks.parametric import ParametricImageMLPFamily
 from tasks.quadratic import QuadraticFamily
 from tasks.sequence import TextRNNFamily
+from tasks.transformer import TextTransformerFamily
 
 @dataclasses.dataclass(frozen=True)
 class _FamilySpec:
@@ -58,6 +59,10 @@ _FAMILIES = {
                             "character-level GRU (64) language model on Python stdlib docstrings "
                             "(ships with Python), windows of 32; sampled activation and init "
                             "scale; cell=rnn/gru/lstm"),
+    "text_transformer": _FamilySpec(TextTransformerFamily, {},
+                                    "causal transformer character LM (width 32, 2 heads, 1 block, "
+                                    "MLP 128) on Python stdlib docstrings, windows of 32; sampled "
+                                    "activation (gelu/relu/silu) and init scale"),
     "nqm": _FamilySpec(NQMFamily, {}, "noisy quadratic model (Zhang et al. 2019), 100-d, gradient "
                        "noise variance s*h; condition number log-uniform in [10, 1e4], s in "
                        "[1e-3, 1]"),
@@ -87,6 +92,9 @@ _TASKS = {
     "text_rnn_lm": _TaskSpec("text_rnn", {}, {},
                              "tanh GRU (64) character LM on Python stdlib docstrings, windows of "
                              "32, batch 32, init scale 1"),
+    "text_transformer_lm": _TaskSpec("text_transformer", {}, {},
+                                     "gelu causal transformer (32 wide, 2 heads, 1 block) character "
+                                     "LM on Python stdlib docstrings, batch 32, init scale 1"),
     "nqm_ill_conditioned": _TaskSpec("nqm", {}, {"cond": 1e4, "noise_scale": 0.1},
                                      "100-d noisy quadratic model, geometric spectrum, condition "
                                      "number 1e4, gradient noise variance 0.1*h"),

@@ -54,16 +54,23 @@ class TextRNNFamily(TaskFamily):
                        ("batch_size", batch_size)):
             if not (is_int(v) and v >= 1):
                 raise TaskError(f"text_rnn: {arg} must be a positive integer, got {v!r}")
-        activations = check_activations("text_rnn", activations, ACTIVATIONS)
-        check_init_range("text_rnn", min_init_scale, max_init_scale)
+        self.cell, self.hidden_size = cell, int(hidden_size)
+        self._setup("text_rnn", corpus, seq_len, batch_size, activations, ACTIVATIONS,
+                    min_init_scale, max_init_scale)
+
+    def _setup(self, name, corpus, seq_len, batch_size, activations, known, min_init_scale,
+               max_init_scale):
+        """Checks and the corpus on the device (shared by every text LM family)."""
+        activations = check_activations(name, activations, known)
+        check_init_range(name, min_init_scale, max_init_scale)
         splits = text.corpus_splits(corpus)  # TaskError if unknown or unreadable
         shortest = min(len(v) for v in splits.values())
         if seq_len + 1 > shortest:
-            raise TaskError(f"text_rnn: seq_len {seq_len} is too long for the corpus' "
+            raise TaskError(f"{name}: seq_len {seq_len} is too long for the corpus' "
                             f"smallest split ({shortest} characters)")
-        self.corpus, self.cell, self.hidden_size = corpus, cell, int(hidden_size)
+        self.corpus = corpus
         self.seq_len, self.batch_size = int(seq_len), int(batch_size)
-        self.activations = activations
+        self.activations, self.activation_fns = activations, known
         self.min_init_scale, self.max_init_scale = float(min_init_scale), float(max_init_scale)
         self.vocab_size = text.VOCAB_SIZE
         self.split_sizes = {s: len(v) for s, v in splits.items()}
@@ -99,7 +106,7 @@ class TextRNNFamily(TaskFamily):
         """The cfg's activation. All candidates are evaluated and one is selected (cheap
         elementwise work): a ``lax.switch`` inside the scan costs ~3x the compile time, and
         under vmap over cfgs it evaluates every branch anyway."""
-        fns = [ACTIVATIONS[a] for a in self.activations]
+        fns = [self.activation_fns[a] for a in self.activations]
         if len(fns) == 1:
             return fns[0]
         return lambda x: jnp.select([index == k for k in range(len(fns) - 1)],

@@ -144,6 +144,13 @@ _NAMED = [
           "4 character-level RNN language models, 400 steps"),
     Suite("nqm", "ood_architecture", "nqm", {}, 4, 400,
           "4 noisy quadratic models (sampled conditioning and noise), 400 steps"),
+    Suite("mnist1d_mlp_wide", "ood_architecture", "mnist1d_mlp", {"hidden_sizes": [512, 512]}, 4, 400,
+          "width transfer: 4 MLPs (512, 512) on MNIST-1D (16x the (32, 32) default family), 400 steps"),
+    Suite("mnist1d_mlp_horizon", "long_horizon", "mnist1d_mlp", {}, 2, 20000,
+          "horizon transfer: 2 tasks of the default family for 20,000 steps (10x the general "
+          "optimizer's longest meta-training episode, 50x the default's)"),
+    Suite("text_transformer", "ood_architecture", "text_transformer", {}, 4, 400,
+          "4 causal transformer character LMs (attention, LayerNorm), 400 steps"),
 ]
 SUITES: dict[str, Suite] = {s.name: s for s in _NAMED}
 

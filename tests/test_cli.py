@@ -175,12 +175,12 @@ def test_one_error_base_class_and_one_estimator_registry(capsys):
 
     (action,) = [a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
                  if "--estimator" in a.option_strings]
-    assert list(action.choices) == list(ESTIMATORS) == ["pes", "tes", "full_es", "tbptt"]
+    assert list(action.choices) == list(ESTIMATORS) == ["pes", "nres", "tes", "full_es", "tbptt"]
     for name in ESTIMATORS:
         assert TrainConfig(estimator=name).estimator == name
     with pytest.raises(ConfigError, match="unknown estimator 'es'"):
         TrainConfig(estimator="es")
     bad = object.__new__(TrainConfig)
     object.__setattr__(bad, "estimator", "es")
-    with pytest.raises(EstimatorError, match="known: \\['pes', 'tes', 'full_es', 'tbptt'\\]"):
+    with pytest.raises(EstimatorError, match="known: \\['pes', 'nres', 'tes', 'full_es', 'tbptt'\\]"):
         make_estimator(bad, None)

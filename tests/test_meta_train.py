@@ -71,8 +71,8 @@ def test_log_meta_loss_is_the_log_of_the_normalised_loss():
     family = tasks.get_family("quadratic")
     plain, logged = (learned_optimizer_unroll(lopt, family, episode_length=5, log_loss=b) for b in (False, True))
     k0, k1 = jax.random.split(jax.random.PRNGKey(1))
-    _, lin = plain.step(theta, plain.init(theta, k0), k1)
-    _, log = logged.step(theta, logged.init(theta, k0), k1)
+    _, lin = plain.step(theta, plain.start(theta, k0, 5), k1)
+    _, log = logged.step(theta, logged.start(theta, k0, 5), k1)
     np.testing.assert_allclose(log, np.log(lin), rtol=1e-6)
 
 

@@ -34,7 +34,7 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     d0, m0 = np_mlp(theta["mlp"], np.concatenate([np.zeros(x.shape[-1]), tau])[None])
     d, mm = d - d0[0], mm - m0[0]
     D = cfg.nominal * x[..., -1] + d
-    u = D / np.sqrt(1e-12 + np.mean(D ** 2))
+    u = D / np.sqrt(1e-12 + np.mean(D ** 2)) if cfg.normalize_output else D
     mag = np.exp(cfg.max_log_scale * np.tanh(np.mean(mm)))
     step = cfg.lr * scale * mag * u * float(np.any(g != 0))
     if np.ndim(p) >= 2:
@@ -42,9 +42,10 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     return step
 
 
-@pytest.mark.parametrize("n", [0, 8])
-def test_step_equals_formula(n):
-    cfg = NormMLPConfig(output_init_scale=1.0, weight_decay=0.1, lr=0.01, max_log_scale=1.0)
+@pytest.mark.parametrize("n, normalize", [(0, True), (8, True), (8, False)])
+def test_step_equals_formula(n, normalize):
+    cfg = NormMLPConfig(output_init_scale=1.0, weight_decay=0.1, lr=0.01, max_log_scale=1.0,
+                        normalize_output=normalize)
     lopt = NormMLP(cfg)
     theta = jax.device_get(lopt.init(jax.random.PRNGKey(3)))
     state = lopt.opt_init(theta, P, n or None)

@@ -164,6 +164,34 @@ def test_text_rnn_init_loss_and_adam_lowers_validation_loss():
     assert float(losses[-10:].mean()) < 0.75 * float(losses[:10].mean())
 
 
+# ---------------------------------------------------------------- causal transformer LM
+
+def test_transformer_is_causal_and_layer_norm_matches_formula():
+    from tasks.transformer import TextTransformerFamily, layer_norm
+    family = TextTransformerFamily(num_layers=2)
+    cfg = family.default_cfg()
+    params = family.task(cfg).init(jax.random.PRNGKey(0))
+    x = jax.random.randint(jax.random.PRNGKey(1), (2, family.seq_len), 0, family.vocab_size)
+    y = x.at[:, 20].set((x[:, 20] + 1) % family.vocab_size)   # change position 20 only
+    lx, ly = family.logits(cfg, params, x), family.logits(cfg, params, y)
+    np.testing.assert_allclose(lx[:, :20], ly[:, :20], rtol=1e-5, atol=1e-6)   # the past ignores it
+    assert float(jnp.abs(lx[:, 20:] - ly[:, 20:]).max()) > 1e-3                # the future sees it
+    z = np.random.default_rng(0).normal(size=(3, 8))
+    g, b = np.linspace(0.5, 2, 8), np.linspace(-1, 1, 8)
+    want = g * (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-5) + b
+    np.testing.assert_allclose(layer_norm(jnp.asarray(z), g, b), want, rtol=1e-5, atol=1e-6)
+
+
+def test_text_transformer_adam_lowers_validation_loss():
+    from tasks.transformer import TextTransformerFamily
+    family = TextTransformerFamily()
+    run = adam_run(family, steps=60)
+    before, after, losses = run(family.default_cfg(), jax.random.PRNGKey(0))
+    # Measured: 5.03 -> ~2.9 after 60 steps at lr 1e-2 (batch losses 3.68 -> 2.86 over the run).
+    assert float(after) < 0.7 * float(before)
+    assert float(losses[-10:].mean()) < 0.85 * float(losses[:10].mean())
+
+
 # ---------------------------------------------------------------- noisy quadratic model
 
 @pytest.mark.parametrize("spectrum", ["geometric", "power_law"])

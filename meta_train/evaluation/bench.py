@@ -79,6 +79,7 @@ def suite_record(res: dict, rows: list[dict], pngs, settings: dict) -> dict:
         opts[label] = {"scores": run_scores(res, label).tolist(),
                        "final_ratio": [float(x) for x in task_ratio],
                        "worst_run_ratio": float(np.max(run_ratio)),
+                       "diverged_runs": int(np.sum(~np.isfinite(run_ratio))),
                        "guard": res["guard"].get(label),
                        "guard_rate": None if fb is None else float(np.mean(fb)),
                        "median_speedup": by_label[label]["speedup"]["median"]}
@@ -95,7 +96,7 @@ def _settings(paths, cfg, suite) -> dict:
             digests.append(hashlib.sha256(f.read()).hexdigest()[:16])
     return {"optimizers": digests, "seeds": cfg["seeds"], "max_tasks": cfg["max_tasks"],
             "baselines": list(cfg["baselines"]), "adam_factor": cfg["adam_factor"],
-            "suite": [suite.family, suite.family_kwargs, suite.num_tasks, suite.num_steps, suite.seed]}
+            "guards": list(cfg["guards"]), "suite": [suite.family, suite.family_kwargs, suite.num_tasks, suite.num_steps, suite.seed]}
 
 
 def _load_record(path: str, settings: dict) -> dict | None:
@@ -160,12 +161,13 @@ def guard_table(records: list[dict], entries_labels: list[str]) -> list[dict]:
 
 def run_bench(optimizers=None, suite_names=None, out_dir: str = "runs/bench", full: bool = False,
               seeds: int | None = None, max_tasks: int | None = None, reps: int = stats.DEFAULT_REPS,
-              progress=None, command: str | None = None, baselines=None) -> dict:
+              progress=None, command: str | None = None, baselines=None, guard=True) -> dict:
     """Run (or resume) the bench and write ``leaderboard.md``, ``bench.json`` and the plots into
     ``out_dir``. ``optimizers``: checkpoint paths or shipped names (default: all shipped);
     ``suite_names``: default all named suites; ``full``: all tasks of each suite and 3 seeds
     (default: the first 2 tasks, 2 seeds); ``seeds``/``max_tasks``/``baselines`` (names of
-    ``learned_opt.baselines.LR_GRIDS`` besides Adam) override either."""
+    ``learned_opt.baselines.LR_GRIDS`` besides Adam) override either; ``guard``: which guards
+    (``compare.guard_kinds``: True = both, False = none)."""
     names = list(optimizers or shipped_names())
     if not names:
         raise LearnedOptError("no optimizers to benchmark: none shipped and none given")
@@ -178,6 +180,7 @@ def run_bench(optimizers=None, suite_names=None, out_dir: str = "runs/bench", fu
         cfg["max_tasks"] = max_tasks
     if baselines is not None:
         cfg["baselines"] = cmp.check_baselines(baselines)
+    cfg["guards"] = cmp.guard_kinds(guard)
     if cfg["seeds"] < 2:
         raise LearnedOptError("the bench needs at least 2 seeds per task (the bootstrap resamples seeds)")
     entries, _ = cmp.load_entries(paths)
@@ -195,7 +198,7 @@ def run_bench(optimizers=None, suite_names=None, out_dir: str = "runs/bench", fu
             n = None if cfg["max_tasks"] is None else min(cfg["max_tasks"], suite.num_tasks)
             say(f"[{k + 1}/{len(suites)}] {suite.name} ({time.time() - t0:.0f} s so far)")
             res, rows, pngs = rp.evaluate_suite(
-                suite, entries, out_dir, guard=True, progress=say, seeds=cfg["seeds"],
+                suite, entries, out_dir, guard=cfg["guards"], progress=say, seeds=cfg["seeds"],
                 baselines=cfg["baselines"], adam_factor=cfg["adam_factor"], num_tasks=n)
             rec = suite_record(res, rows, pngs, settings)
             atomic_write_text(path, json.dumps(rec))
@@ -211,7 +214,7 @@ def run_bench(optimizers=None, suite_names=None, out_dir: str = "runs/bench", fu
                   f"performance profiles over {sum(r['num_tasks'] for r in records)} tasks x "
                   f"{cfg['seeds']} seeds ({len(records)} suites)")
     say("cost per step")
-    costs = rp.step_costs(suites[0], entries, guard=True)
+    costs = rp.step_costs(suites[0], entries, guard=cfg["guards"])
     guards = guard_table(records, [e.label for e in entries])
     wall = time.time() - t0
     text = render(records, board, guards, costs, cfg, full, wall, command, paths, reps)
@@ -226,6 +229,33 @@ def run_bench(optimizers=None, suite_names=None, out_dir: str = "runs/bench", fu
     atomic_write_text(os.path.join(out_dir, "bench.json"), json.dumps(data, indent=1))
     return {"path": os.path.join(out_dir, "leaderboard.md"), "leaderboard": board, "guards": guards,
             "costs": costs, "wall_s": wall, "records": records}
+
+
+def learned_table(records: list[dict], board: list[dict]) -> list[str]:
+    """Per learned optimizer (unguarded and guarded) and suite: median speedup over tuned Adam
+    (over tasks, seed means), tasks faster, worst task's final-loss ratio, diverged runs."""
+    learned = [r["optimizer"] for r in board if r["guard"] is not None or any(
+        r["optimizer"] + suffix in rec["optimizers"] for rec in records
+        for suffix in cmp.GUARD_SUFFIX.values())]
+    if not learned:
+        return []
+    lines = ["## Learned optimizers, suite by suite", "",
+             "Median speedup over tuned Adam (over tasks, each the mean of its seeds' scores), tasks "
+             "faster than tuned Adam, the worst task's final training loss / tuned Adam's, and runs "
+             "that diverged (non-finite final loss).", "",
+             "| optimizer | suite | median speedup | tasks faster | worst final | diverged runs |",
+             "|---|---|---|---|---|---|"]
+    for label in sorted(learned):
+        for rec in records:
+            o = rec["optimizers"].get(label)
+            if o is None:
+                continue
+            per_task = np.asarray(o["scores"]).mean(axis=0)
+            diverged = o.get("diverged_runs", int(np.sum(np.asarray(o["scores"]) == 0)))
+            lines.append(f"| {label} | `{rec['suite']}` | {np.median(per_task):.2f} | "
+                         f"{int(np.sum(per_task > 1))}/{len(per_task)} | "
+                         f"{_ratio(max(o['final_ratio']))} | {diverged} |")
+    return lines + [""]
 
 
 def render(records, board, guards, costs, cfg, full, wall, command, paths, reps) -> str:
@@ -293,6 +323,7 @@ def render(records, board, guards, costs, cfg, full, wall, command, paths, reps)
         f"(jitted scan of 200 steps, best of 3, {jax.devices()[0].platform}).", "",
         "| optimizer | time per step / Adam's |", "|---|---|"]
     lines += [f"| {label} | {c:.2f} |" for label, c in costs] + [""]
+    lines += learned_table(records, board)
     lines += ["## Per suite", ""]
     for r in records:
         lines += [f"_Bench: the first {r['num_tasks']} tasks, {r['num_seeds']} seeds._", ""] + r["section"]
