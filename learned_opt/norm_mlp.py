@@ -38,7 +38,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from chex import Array, ArrayTree as PyTree
 
 from learned_opt import features as F

@@ -153,13 +153,12 @@ class AugmentedFamily(TaskFamily):
             q = _scale_grad(q, k) if self.grad_scale is not None else q
             return c * base.loss(to_p(q), key, reduce_batch(batch))
 
-        eval_loss = None
-        if base.eval_loss is not None:
-            def eval_loss(q, split="validation"):
-                return c * base.eval_loss(to_p(q), split)
+        def eval_loss(q, split="validation"):
+            return c * base.eval_loss(to_p(q), split)
 
         return Task(name=base.name, init=init, loss=loss, sample_batch=base.sample_batch,
-                    normalizer=lambda l: base.normalizer(l / c), eval_loss=eval_loss)
+                    normalizer=lambda l: base.normalizer(l / c),
+                    eval_loss=None if base.eval_loss is None else eval_loss)
 
 
 def augmented(family: TaskFamily, **options) -> TaskFamily:

@@ -2,7 +2,6 @@
 same problem in other coordinates, the scales act on exactly what they claim, and the batch
 option is a mean over fewer distinct examples."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
