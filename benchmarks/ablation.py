@@ -31,7 +31,7 @@ from learned_opt import compile_cache  # noqa: E402
 from meta_train.config import GENERAL_FAMILIES, get_config  # noqa: E402
 
 SUITES = ("mnist1d_mlp", "digits_mlp", "mnist1d_mlp_deep", "digits_autoencoder", "nqm",
-          "text_rnn", "mnist1d_mlp_long")
+          "mnist1d_mlp_long")
 
 
 def _lopt(**kw):
