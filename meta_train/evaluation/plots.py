@@ -24,9 +24,14 @@ def plot_meta_training(records: list[dict], path: str) -> None:
     axes[0].set(title="PES meta-loss (particles' mean normalised loss)", xlabel="outer step")
     if evals:
         s = [r["step"] for r in evals]
-        axes[1].plot(s, [r["eval_mean_loss"] for r in evals], "o-", label="mean over horizon")
-        axes[1].plot(s, [r["eval_final_loss"] for r in evals], "s--", label="final")
-        axes[1].legend()
+        families = sorted(k[:-len("/eval_mean_loss")] for k in evals[0] if k.endswith("/eval_mean_loss"))
+        axes[1].plot(s, [r["eval_mean_loss"] for r in evals], "o-",
+                     label="mean over horizon" + (" (all families)" if families else ""), lw=2)
+        axes[1].plot(s, [r["eval_final_loss"] for r in evals], "s--", label="final", lw=2)
+        for fam in families:    # several families: each one's mean over the horizon, thin
+            axes[1].plot(s, [r.get(f"{fam}/eval_mean_loss", np.nan) for r in evals], lw=0.8, alpha=0.8,
+                         label=fam)
+        axes[1].legend(fontsize=7 if families else None)
     axes[1].set(title="held-out evaluation (normalised loss)", xlabel="outer step")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
