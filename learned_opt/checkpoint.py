@@ -103,15 +103,16 @@ class Loaded(NamedTuple):
     theta: PyTree
     metadata: dict
 
-    def as_optax(self):
-        """The optimizer as an optax ``GradientTransformationExtraArgs`` (see ``as_optax``)."""
-        return self.lopt.as_optax(self.theta)
+    def as_optax(self, num_steps: int | None = None):
+        """The optimizer as an optax ``GradientTransformationExtraArgs`` (see ``as_optax``);
+        ``num_steps``: the run's length, for optimizers conditioned on the fraction of training."""
+        return self.lopt.as_optax(self.theta, num_steps)
 
-    def guarded(self, fallback=None):
+    def guarded(self, fallback=None, num_steps: int | None = None):
         """Loss-guarded (LGL2O) version with ``fallback`` (default Adam 1e-3); pass
         ``value_fn`` to its update (see ``learned_opt.loss_guard``)."""
         from learned_opt.loss_guard import guarded
-        return guarded(self.lopt, self.theta, fallback)
+        return guarded(self.lopt, self.theta, fallback, num_steps)
 
     def trajectory_guarded(self, fallback=None, **kwargs):
         """Trajectory-guarded version: ``fallback`` (default Adam 1e-3) runs alongside and the run

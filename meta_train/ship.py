@@ -10,7 +10,6 @@ names a report that evaluated this optimizer, its rows of that report.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -41,7 +40,7 @@ def wall_time_s(records: list[dict]) -> float:
 def reproduce_command(cfg: dict, config_name: str, out: str) -> str:
     """``lopt train --config NAME --set k=v ...`` giving ``cfg`` (fields that differ from the
     named config; description excluded)."""
-    base = dataclasses.asdict(NAMED_CONFIGS[config_name])
+    base = json.loads(NAMED_CONFIGS[config_name].to_json())    # tuples as JSON lists, like cfg
     def text(v):
         return v if isinstance(v, str) and v.isidentifier() else json.dumps(v, separators=(",", ":"))
     sets = [f"--set {k}={text(v)}" for k, v in sorted(cfg.items()) if k != "description" and base.get(k) != v]
@@ -163,8 +162,10 @@ def ship(run_dir: str, name: str, config_name: str, root: str = "checkpoints",
     label = label or lopt.architecture
     lines = [
         f"# `{name}`: {NAMED_CONFIGS[config_name].description.split(', PES')[0]}", "",
-        "```python", "import learned_opt", f'tx = learned_opt.load("{name}").as_optax()    '
-        "# an optax GradientTransformationExtraArgs",
+        "```python", "import learned_opt",
+        (f'tx = learned_opt.load("{name}").as_optax(num_steps=T)    # T: your run\'s length (None if unknown)'
+         if lopt.architecture == "norm_mlp" else
+         f'tx = learned_opt.load("{name}").as_optax()    # an optax GradientTransformationExtraArgs'),
         "# in the training loop: updates, state = tx.update(grads, state, params, value=loss)", "```", "",
         "| | |", "|---|---|",
         f"| architecture | `{lopt.architecture}` ({n_params} meta-parameters), config "

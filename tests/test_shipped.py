@@ -78,9 +78,24 @@ def test_unknown_name_lists_the_shipped_ones(tmp_path, monkeypatch):
     assert np.all(np.isfinite(upd["w"]))
 
 
+def test_general_optimizer_trains_a_kind_of_task_it_never_saw():
+    """The shipped general optimizer (norm_mlp, meta-trained on classifiers and quadratics) trains a
+    held-out autoencoder through optax with the run length given: the loss falls below Adam(1e-3)'s
+    after the same 200 steps from the same initialisation and batches (measured: 0.021 vs 0.030)."""
+    lopt, theta, meta = learned_opt.load("general")
+    assert lopt.architecture == "norm_mlp" and len(meta["train_config"]["families"]) >= 2
+    task = tasks.get_task("digits_autoencoder_relu")
+    finals = {}
+    for label, tx in (("general", lopt.as_optax(theta, num_steps=200)), ("adam", optax.adam(1e-3))):
+        run = jax.jit(lambda k, tx=tx: tasks.training.train(task, tx, k, 200))(jax.random.PRNGKey(0))
+        assert np.isfinite(np.asarray(run.losses)).all()
+        finals[label] = float(run.final_loss)
+    assert finals["general"] < finals["adam"], finals
+
+
 def test_model_card_command_reproduces_the_config():
     """The reproduce command's --set overrides rebuild the shipped run's config exactly."""
-    for name in ARCHITECTURES:
+    for name in sorted(ARCHITECTURES | {"general"}):
         cfg = json.load(open(os.path.join(ROOT, "checkpoints", name, "config.json")))
         card = open(os.path.join(ROOT, "checkpoints", name, "MODEL_CARD.md")).read()
         cmd = next(line for line in card.splitlines() if line.startswith("lopt train --config"))
