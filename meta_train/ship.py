@@ -101,8 +101,8 @@ def bench_section(bench_dir: str, label: str, dest: str) -> list[str]:
     if not rows:
         return []
     rel = os.path.relpath(os.path.join(bench_dir, "leaderboard.md"), dest)
-    return [BENCH_HEADING, "", f"From the [leaderboard]({rel}) (`lopt bench`: every shipped optimizer, "
-            "unguarded and behind both guards, and tuned baselines on every named suite; per-suite "
+    return [BENCH_HEADING, "", f"From the [leaderboard]({rel}) (`lopt bench`: unguarded and behind both "
+            "guards against tuned Adam on every named suite; its command and settings, per-suite "
             "intervals, the guards' worst cases and cost per step there):", ""] + rows + [""]
 
 
