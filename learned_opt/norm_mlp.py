@@ -29,7 +29,8 @@ multiplies every step by ``f(count)``.
 The time channels tau are the same for every parameter of a tensor: the first layer takes them
 once per tensor (``constant_channels``). Untrained (output layer ``output_init_scale``) the
 rule is close to Adam with per-tensor normalised, muP-scaled steps. With ``dmd_window > 0`` the
-DMD channels are appended after tau. Inputs: ``8 + len(decays) - 3 + 2`` (10 by default).
+DMD channels are appended after tau. Inputs: ``5 + len(decays)`` per parameter plus the 2 of tau
+(10 by default).
 """
 from __future__ import annotations
 
