@@ -222,11 +222,13 @@ class _ESOptions:
     def _perturb(self, theta, key):
         """(eps with leading num_directions, thetas with leading 2M)."""
         eps = _normal_like(theta, key, self.num_directions, self.sigma)
+        return eps, self._perturbed(theta, eps)
+
+    def _perturbed(self, theta, eps):
+        """The 2M particles' thetas for directions ``eps``: theta +- eps, or theta + eps."""
         if self.antithetic:
-            thetas = jax.tree.map(lambda th, e: jnp.concatenate([th + e, th - e], axis=0), theta, eps)
-        else:
-            thetas = jax.tree.map(lambda th, e: th + e, theta, eps)
-        return eps, thetas
+            return jax.tree.map(lambda th, e: jnp.concatenate([th + e, th - e], axis=0), theta, eps)
+        return jax.tree.map(lambda th, e: th + e, theta, eps)
 
     def _shape_delta(self, d):
         if self.loss_clip is not None:
@@ -327,14 +329,9 @@ class NRES(PES):
         eps, _ = self._perturb(theta, k_eps)
         return NRESState(_tile(self._fresh_inner(theta, k_inner, T), 2), eps, t, T)
 
-    def _thetas(self, theta, eps):
-        if self.antithetic:
-            return jax.tree.map(lambda th, e: jnp.concatenate([th + e, th - e], axis=0), theta, eps)
-        return jax.tree.map(lambda th, e: th + e, theta, eps)
-
     def estimate(self, theta, state: NRESState, key):
         k_eps, k_steps, k_reset, k_len = jax.random.split(key, 4)
-        thetas, inner = self.constrain((self._thetas(theta, state.eps), state.inner))
+        thetas, inner = self.constrain((self._perturbed(theta, state.eps), state.inner))
         inner, losses = self._scan(thetas, inner, self._step_keys(k_steps, self.M, 2))
         L = jnp.mean(losses, axis=0) * _tile(self._weights(state.t, state.T), 2)
         pair_ok = jnp.isfinite(L[:self.M]) & jnp.isfinite(L[self.M:])
