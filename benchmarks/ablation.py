@@ -38,14 +38,9 @@ def _lopt(**kw):
     return {"lopt_config": kw}
 
 
-def _no_augment():
-    return {"families": tuple({k: v for k, v in f.items() if k != "augment"} for f in GENERAL_FAMILIES)}
-
-
-def _one_family():
-    pairs = sum(f.get("num_pairs", 4) for f in GENERAL_FAMILIES)
-    main = dict(GENERAL_FAMILIES[0], num_pairs=pairs)
-    return {"families": (main,)}
+NO_AUGMENT = tuple({k: v for k, v in f.items() if k != "augment"} for f in GENERAL_FAMILIES)
+# the mixture's main family with every particle of the mixture (4 pairs where a family sets none)
+ONE_FAMILY = (dict(GENERAL_FAMILIES[0], num_pairs=sum(f.get("num_pairs", 4) for f in GENERAL_FAMILIES)),)
 
 
 # variant -> (what is switched, config overrides)
@@ -57,8 +52,9 @@ VARIANTS = {
     "orthogonalize": ("Newton-Schulz orthogonalised matrix steps (off when shipped)",
                       _lopt(orthogonalize=True)),
     "no_nominal": ("no Adam term in the direction (purely learned)", _lopt(nominal=0.0)),
-    "no_augment": ("no task augmentation", "no_augment"),
-    "one_family": ("one family (MLP 32x2 with augmentation) with the whole population", "one_family"),
+    "no_augment": ("no task augmentation", {"families": NO_AUGMENT}),
+    "one_family": ("one family (MLP 32x2 with augmentation) with the whole population",
+                   {"families": ONE_FAMILY}),
     "short_episodes": ("episodes 100-400 steps instead of 100-2000", {"max_episode_length": 400}),
     "nres": ("NRES instead of PES", {"estimator": "nres"}),
     "dmd": ("DMD features of the last 8 gradients (rank 3) added", _lopt(dmd_window=8, dmd_rank=3)),
@@ -68,7 +64,6 @@ VARIANTS = {
 def variant_config(name: str, outer_steps: int, seed: int):
     base = get_config("general")
     over = VARIANTS[name][1]
-    over = {"no_augment": _no_augment, "one_family": _one_family}[over]() if isinstance(over, str) else over
     if "lopt_config" in over:
         over = {**over, "lopt_config": {**base.lopt_config, **over["lopt_config"]}}
     return base.replace(outer_steps=outer_steps, eval_every=0, checkpoint_every=100, seed=seed,

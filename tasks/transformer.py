@@ -67,13 +67,11 @@ class TextTransformerFamily(TextRNNFamily):
         return shapes
 
     def _scaled_init(self, key, init_scale):
-        shapes = self.param_shapes()
-        flat, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
-        paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(
-            shapes, is_leaf=lambda x: isinstance(x, tuple))[0]]
+        flat, treedef = jax.tree_util.tree_flatten_with_path(
+            self.param_shapes(), is_leaf=lambda x: isinstance(x, tuple))
         keys = jax.random.split(key, len(flat))
         leaves = []
-        for path, shape, k in zip(paths, flat, keys):
+        for (path, shape), k in zip(flat, keys):
             name = path[-1].key
             if len(shape) == 1:
                 leaves.append(jnp.ones(shape) if name == "g" else jnp.zeros(shape))
