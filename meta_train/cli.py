@@ -200,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Meta-train a learned optimizer on a task family (PES by default, "
                                    "or truncated ES, full-episode ES, truncated BPTT). Writes "
                                    "config.json, metrics.jsonl, meta_training.png, train_state.npz "
-                                   "(atomic, every checkpoint_every steps) and optimizer.npz into --out, "
+                                   "(atomic, every checkpoint_every steps; the one before is kept as "
+                                   "train_state.prev.npz and --resume falls back to it if the newest is "
+                                   "damaged) and optimizer.npz into --out, "
                                    "then a report in --out/report.",
                        epilog="named configs:\n" + _configs_help() +
                               "\n\nconfig keys for --set: see meta_train/config.py (TrainConfig); e.g. "

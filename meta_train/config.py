@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from typing import Any
 
 from learned_opt.errors import LearnedOptError
@@ -12,6 +15,48 @@ from meta_train.estimators import ESTIMATORS
 
 class ConfigError(LearnedOptError):
     """A user-caused problem with a meta-training config (unknown name or key, bad value)."""
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               dict: "a JSON object", tuple: "a list"}
+
+
+def _check_value(key: str, value, kind):
+    """``value`` checked against annotation ``kind`` (int, float, bool, str, dict, tuple or an
+    ``X | None``); returns it normalised (an integral float for an int field becomes the int, a
+    list for a tuple field stays a list); ConfigError naming the key, the expected type and the
+    value otherwise. NaN and infinities are rejected: no field means anything by them."""
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if value is None and type(None) in options:
+        return None
+    base = next(o for o in options if o is not type(None))
+    ok = False
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif base in (int, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"invalid config: {key} must be a finite number, got {value!r}")
+            if base is int and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            ok = base is float or isinstance(value, int)
+    elif base is tuple:
+        ok = isinstance(value, (list, tuple))
+    else:
+        ok = isinstance(value, base)
+    if not ok:
+        want = _TYPE_NAMES.get(base, base.__name__) + (" or null" if type(None) in options else "")
+        raise ConfigError(f"invalid config: {key} must be {want}, got {value!r} "
+                          f"({type(value).__name__})")
+    return value
+
+
+def _check_fields(obj, prefix: str = "") -> None:
+    """Check (and normalise in place) every field of a frozen config dataclass by its type."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = _check_value(prefix + f.name, getattr(obj, f.name), hints[f.name])
+        object.__setattr__(obj, f.name, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,15 +86,9 @@ class FamilyEntry:
             raise ConfigError(f"invalid config: unknown families entry key(s) {unknown}; "
                               f"valid keys: {sorted(names)}")
         e = cls(**d)
-        checks = [(isinstance(e.family, str), "family must be a name"),
-                  (isinstance(e.kwargs, dict), "kwargs must be an object"),
-                  (isinstance(e.augment, dict), "augment must be an object"),
-                  (isinstance(e.weight, (int, float)) and not isinstance(e.weight, bool)
-                   and e.weight > 0 and e.weight < float("inf"), "weight must be a positive number"),
-                  (e.num_pairs is None or (isinstance(e.num_pairs, int)
-                                           and not isinstance(e.num_pairs, bool) and e.num_pairs >= 1),
-                   "num_pairs must be null or an integer >= 1"),
-                  (e.label is None or isinstance(e.label, str), "label must be a string")]
+        _check_fields(e, "families entry ")
+        checks = [(e.weight > 0, "weight must be a positive number"),
+                  (e.num_pairs is None or e.num_pairs >= 1, "num_pairs must be null or an integer >= 1")]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"invalid config: families entry {d!r}: {msg}")
@@ -110,10 +149,10 @@ class TrainConfig:
     description: str = ""
 
     def __post_init__(self):
+        _check_fields(self)
         checks = [
             (self.num_pairs >= 1, "num_pairs must be >= 1"),
-            (isinstance(self.augment, dict), "augment must be an object of tasks.augmented options"),
-            (isinstance(self.families, (list, tuple)), "families must be a list"),
+            (0 <= self.seed < 2**32, "seed must be in [0, 2**32)"),
             (0.0 <= self.hide_length <= 1.0, "hide_length must be in [0, 1]"),
             (self.truncation_length >= 1, "truncation_length must be >= 1"),
             (1 <= self.min_episode_length <= self.max_episode_length,

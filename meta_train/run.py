@@ -5,6 +5,8 @@ Files in the run directory:
     config.json          the TrainConfig
     metrics.jsonl        one JSON object per logged outer step / evaluation
     train_state.npz      full training state (atomic, every checkpoint_every steps; state_io.py)
+    train_state.prev.npz the checkpoint before it: resume falls back to it, with a one-line
+                         warning, when the newest is missing, truncated or fails its checksum
     optimizer.npz        the learned optimizer (learned_opt.save format)
     meta_training.png    meta-training curves (drawn by ``lopt train``, from metrics.jsonl)
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import zlib
 
@@ -28,10 +31,11 @@ import learned_opt
 from learned_opt.files import atomic_write_text, read_jsonl, write_jsonl
 from meta_train.config import ConfigError, TrainConfig
 from meta_train.distributed import DistributedError
-from meta_train.state_io import load_state, save_state
+from meta_train.state_io import StateFileError, load_state, save_state
 from meta_train.trainer import MetaTrainer
 
 STATE_FILE = "train_state.npz"
+PREV_STATE_FILE = "train_state.prev.npz"
 OPTIMIZER_FILE = "optimizer.npz"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "meta_training.png"
@@ -43,8 +47,8 @@ def _to_py(metrics: dict) -> dict:
 
 def _resolve_config(out_dir: str, config: TrainConfig, resume: bool) -> TrainConfig:
     cfg_path = os.path.join(out_dir, "config.json")
-    state_path = os.path.join(out_dir, STATE_FILE)
-    if os.path.exists(state_path) and not resume:
+    if not resume and any(os.path.exists(os.path.join(out_dir, f))
+                          for f in (STATE_FILE, PREV_STATE_FILE)):
         raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it "
                           "or choose another --out")
     if resume and os.path.exists(cfg_path):
@@ -80,6 +84,41 @@ def _check_processes_agree(config: TrainConfig, start: int | None = None) -> Non
             "be on a filesystem all hosts see")
 
 
+def save_checkpoint(out_dir: str, state, config_json: str, rotate: bool = True) -> None:
+    """Write ``state`` as the newest checkpoint, keeping the one before it as the previous
+    (``rotate=False`` overwrites the newest without moving it: used when the newest is bad).
+    Both writes are atomic renames: a kill at any point leaves at least one good checkpoint."""
+    newest = os.path.join(out_dir, STATE_FILE)
+    if rotate and os.path.exists(newest):
+        os.replace(newest, os.path.join(out_dir, PREV_STATE_FILE))
+    save_state(newest, state, config_json)
+
+
+def load_checkpoint(out_dir: str, template, warn=None):
+    """The newest good checkpoint of a run directory as ``(state, fell_back)``: the newest file,
+    or, when it is missing, truncated, corrupt or of another structure, the previous one, with
+    a one-line warning through ``warn`` (default: stderr). None when the directory holds no
+    checkpoint; StateFileError when neither is usable."""
+    warn = warn or (lambda msg: print(f"lopt: warning: {msg}", file=sys.stderr))
+    newest, prev = (os.path.join(out_dir, f) for f in (STATE_FILE, PREV_STATE_FILE))
+    if not os.path.exists(newest) and not os.path.exists(prev):
+        return None
+    problem = f"{newest} is missing"
+    if os.path.exists(newest):
+        try:
+            return load_state(newest, template), False
+        except StateFileError as e:
+            if not os.path.exists(prev):
+                raise
+            problem = str(e)
+    try:
+        state = load_state(prev, template)
+    except StateFileError as e:
+        raise StateFileError(f"no usable checkpoint in {out_dir}: {problem}; and {e}") from None
+    warn(f"{problem}; resuming from the previous checkpoint {prev} (step {int(state.step)})")
+    return state, True
+
+
 def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: bool = True,
           stop_after: int | None = None, mesh=None):
     """Meta-train into ``out_dir``. ``stop_after`` ends the loop after that many outer
@@ -93,7 +132,6 @@ def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: boo
         os.makedirs(out_dir, exist_ok=True)
         atomic_write_text(os.path.join(out_dir, "config.json"), config.to_json())
     trainer = MetaTrainer(config, mesh)
-    state_path = os.path.join(out_dir, STATE_FILE)
     metrics_path = os.path.join(out_dir, METRICS_FILE)
 
     def to_host(state):
@@ -102,8 +140,12 @@ def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: boo
 
     state = trainer.init()
     records: list[dict] = []
-    if resume and os.path.exists(state_path):
-        state = trainer.place(jax.device_get(load_state(state_path, state)))
+    rotate = True   # False after falling back: the bad newest file is overwritten, not kept
+    loaded = load_checkpoint(out_dir, state, warn=None if main else (lambda msg: None)) if resume else None
+    if loaded is not None:
+        restored, fell_back = loaded
+        rotate = not fell_back
+        state = trainer.place(jax.device_get(restored))
         start = int(state.step)
         records = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= start]
     _check_processes_agree(config, start=int(state.step))
@@ -141,7 +183,8 @@ def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: boo
             if step % config.checkpoint_every == 0 or step == config.outer_steps:
                 host = to_host(state)
                 if main:
-                    save_state(state_path, host, config.to_json())
+                    save_checkpoint(out_dir, host, config.to_json(), rotate)
+                rotate = True
             bar.update(1)
     finally:
         if log is not None:

@@ -95,3 +95,43 @@ def test_training_state_file_is_checked(tmp_path):
     learned_opt.save(str(tmp_path / "theta.npz"), learned_opt.make("mlp"), state.theta)
     with pytest.raises(StateFileError, match="format 'learned-opt-theta'"):
         load_state(str(tmp_path / "theta.npz"), state)
+
+
+def test_resume_falls_back_to_the_previous_checkpoint(tmp_path, capsys):
+    """The run keeps its last two checkpoints. With the newest truncated (or altered), resume
+    warns in one line and continues from the previous one to the same final theta as an
+    uninterrupted run; afterwards both kept checkpoints are good again. With both bad, resume
+    is one clear StateFileError."""
+    from meta_train.run import PREV_STATE_FILE, load_checkpoint
+    from meta_train.state_io import StateFileError, load_state
+    full, _, _ = train(CFG, str(tmp_path / "full"), progress=False)
+    run = tmp_path / "killed"
+    killed, _, _ = train(CFG, str(run), progress=False, stop_after=11)   # checkpoints at 5 and 10
+    newest, prev = run / STATE_FILE, run / PREV_STATE_FILE
+    assert int(load_state(str(newest), killed).step) == 10
+    assert int(load_state(str(prev), killed).step) == 5
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 3])                          # torn / truncated
+    capsys.readouterr()
+    resumed, records, _ = train(CFG, str(run), resume=True, progress=False)
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "previous checkpoint" in warnings[0] and "step 5" in warnings[0]
+    for a, b in zip(jax.tree.leaves(resumed.theta), jax.tree.leaves(full.theta)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert [r["step"] for r in read_metrics(str(run / "metrics.jsonl")) if "meta_loss" in r] == \
+        list(range(1, 13))
+    # the bad file was overwritten, not rotated: both kept checkpoints load (steps 10 and 12)
+    assert int(load_state(str(newest), resumed).step) == 12
+    assert int(load_state(str(prev), resumed).step) == 10
+    # both bad: one error naming both problems
+    for f in (newest, prev):
+        f.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(StateFileError, match="no usable checkpoint"):
+        load_checkpoint(str(run), resumed)
+    # only the previous exists (killed between the rotation and the write): it is used
+    d = tmp_path / "between"
+    train(CFG, str(d), progress=False, stop_after=11)
+    os.replace(d / STATE_FILE, d / PREV_STATE_FILE)
+    state, fell_back = load_checkpoint(str(d), resumed, warn=lambda m: None)
+    assert fell_back and int(state.step) == 10

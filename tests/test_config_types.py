@@ -1,0 +1,50 @@
+"""Every config field is checked against its declared type before any range check: a value of
+the wrong type is one ConfigError naming the key, the expected type and the value; NaN and
+infinities are rejected (no field means anything by them); an integral number written as a
+float (``outer_steps=1e4``) is the integer."""
+import dataclasses
+import typing
+
+import pytest
+
+from meta_train.config import ConfigError, FamilyEntry, TrainConfig, get_config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("outer_steps=1.5", "outer_steps must be an integer, got 1.5"),
+    ("outer_steps=\"10\"", "outer_steps must be an integer, got '10'"),
+    ("sigma=nan", "sigma must be a number, got 'nan'"),          # not JSON: kept as a string
+    ("sigma=NaN", "sigma must be a finite number, got nan"),
+    ("meta_lr=-Infinity", "meta_lr must be a finite number"),
+    ("antithetic=1", "antithetic must be true or false, got 1"),
+    ("num_pairs=true", "num_pairs must be an integer, got True"),
+    ("loss_clip=\"big\"", "loss_clip must be a number or null, got 'big'"),
+    ("family=3", "family must be a string, got 3"),
+    ("family_kwargs=[1]", "family_kwargs must be a JSON object, got \\[1\\]"),
+    ("families={\"family\": \"quadratic\"}", "families must be a list"),
+    ("families=[{\"family\": \"quadratic\", \"weight\": \"x\"}]",
+     "families entry weight must be a number, got 'x'"),
+    ("families=[{\"family\": \"quadratic\", \"num_pairs\": 2.5}]",
+     "families entry num_pairs must be an integer or null, got 2.5"),
+    ("seed=-1", "seed must be in"),
+    ("seed=99999999999999", "seed must be in"),
+])
+def test_wrong_types_are_one_clear_error(override, message):
+    with pytest.raises(ConfigError, match=message):
+        get_config("smoke", [override])
+
+
+def test_integral_floats_become_integers_and_valid_values_pass():
+    cfg = get_config("smoke", ["outer_steps=1e4", "meta_lr_final=null", "sigma=0.02", "seed=4294967295"])
+    assert cfg.outer_steps == 10000 and isinstance(cfg.outer_steps, int)
+    assert cfg.meta_lr_final is None and cfg.sigma == 0.02
+    assert FamilyEntry.from_dict({"family": "quadratic", "weight": 2}).weight == 2
+
+
+def test_every_field_has_a_checked_type():
+    """Each field's annotation is one the checker knows, so no field goes unchecked."""
+    for cls in (TrainConfig, FamilyEntry):
+        for name, kind in typing.get_type_hints(cls).items():
+            options = [o for o in (typing.get_args(kind) or (kind,)) if o is not type(None)]
+            assert len(options) == 1 and options[0] in (int, float, bool, str, dict, tuple), (cls, name)
+    assert {f.name for f in dataclasses.fields(TrainConfig)} >= {"outer_steps", "sigma", "families"}
