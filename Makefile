@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test install benchmark clean
+.PHONY: quickstart test install benchmark wheel clean
 
 $(BIN)/lopt: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -26,6 +26,11 @@ benchmark: install
 	$(BIN)/python benchmarks/reference_pes.py
 	$(BIN)/python benchmarks/step_cost.py --plain
 	$(BIN)/python benchmarks/throughput.py
+
+# A wheel (and sdist) in dist/, carrying the shipped optimizers as package data:
+#   pip install dist/learned_opt-*.whl   (add [torch] for the PyTorch bridge)
+wheel: install
+	$(BIN)/python -m build --outdir dist .
 
 clean:
 	rm -rf runs

@@ -2,8 +2,13 @@
 
 Each ``checkpoints/NAME/`` holds ``optimizer.npz`` (meta-parameters only), ``MODEL_CARD.md``
 and the meta-training curves; ``learned_opt.load("NAME")`` finds them by name. The directory
-is looked up as ``$LOPT_CHECKPOINTS`` if set, else ``checkpoints/`` beside the installed
-``learned_opt`` package (a source checkout or an editable install, as the README installs).
+is, in this order:
+
+1. ``$LOPT_CHECKPOINTS`` if set;
+2. ``learned_opt/checkpoints/`` inside the installed package: a built wheel carries each
+   optimizer file, card and config there as package data (pyproject.toml);
+3. ``checkpoints/`` of the source tree the package was imported from (a source checkout or an
+   editable install), recognised by the ``pyproject.toml`` beside it.
 """
 from __future__ import annotations
 
@@ -16,8 +21,17 @@ FILE = "optimizer.npz"
 
 
 def shipped_dir() -> str:
-    return os.environ.get(ENV_VAR) or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
+    """The directory the shipped optimizers are read from (see the module docstring)."""
+    if os.environ.get(ENV_VAR):
+        return os.environ[ENV_VAR]
+    package = os.path.dirname(os.path.abspath(__file__))
+    inside = os.path.join(package, "checkpoints")
+    if os.path.isdir(inside):
+        return inside
+    source = os.path.dirname(package)
+    if os.path.isfile(os.path.join(source, "pyproject.toml")):
+        return os.path.join(source, "checkpoints")
+    return inside
 
 
 def shipped_names() -> list[str]:

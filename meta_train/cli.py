@@ -64,7 +64,8 @@ def cmd_train(args) -> int:
     from meta_train.evaluation.report import write_report
     from meta_train.run import OPTIMIZER_FILE, PLOT_FILE, final_eval, train
 
-    state, records, summary = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    state, records, summary = train(cfg, out, resume=args.resume, progress=not args.no_progress,
+                                    tensorboard=not args.no_tensorboard)
     if jax.process_index() == 0:
         plot_meta_training(records, os.path.join(out, PLOT_FILE))
     if args.distributed:
@@ -217,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field; VALUE is parsed as JSON when it can be")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--no-tensorboard", action="store_true",
+                   help="do not write TensorBoard event files (written by default beside metrics.jsonl, "
+                        "with the same scalars; watch with: tensorboard --logdir OUT)")
     t.add_argument("--no-report", action="store_true", help="skip the held-out report at the end")
     t.add_argument("--report-tasks", type=int, default=8, help="held-out tasks in the report (default: 8)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -9,6 +9,8 @@ Files in the run directory:
                          warning, when the newest is missing, truncated or fails its checksum
     optimizer.npz        the learned optimizer (learned_opt.save format)
     meta_training.png    meta-training curves (drawn by ``lopt train``, from metrics.jsonl)
+    events.out.tfevents.*  the same scalars for TensorBoard (``tensorboard --logdir DIR``; one file
+                         per start, a resumed start purges the steps it repeats)
 
 With several processes (``lopt train --distributed``, see distributed.py) every process
 runs the same loop on its share of the population; the state is gathered (a collective)
@@ -119,11 +121,24 @@ def load_checkpoint(out_dir: str, template, warn=None):
     return state, True
 
 
+def _tensorboard(out_dir: str, start: int):
+    """A TensorBoard event writer in the run directory (tensorboardX: no TensorFlow). On a
+    resumed start, events of an earlier start at steps >= ``start`` are purged from the view."""
+    from tensorboardX import SummaryWriter
+    return SummaryWriter(logdir=out_dir, purge_step=start or None, flush_secs=10)
+
+
+def _scalars(rec: dict) -> dict:
+    """The numbers of a metrics record (flags as 0/1), keyed as in metrics.jsonl."""
+    return {k: float(v) for k, v in rec.items() if k != "step" and isinstance(v, (int, float))}
+
+
 def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None, mesh=None):
+          stop_after: int | None = None, mesh=None, tensorboard: bool = True):
     """Meta-train into ``out_dir``. ``stop_after`` ends the loop after that many outer
     steps in total without a checkpoint there, as a kill would (used to test resume).
     ``mesh``: the device mesh to shard the population over (default: all devices).
+    ``tensorboard``: also write every logged scalar as TensorBoard events in ``out_dir``.
     Returns (final state as numpy, metric records, summary)."""
     main = jax.process_index() == 0
     config = _resolve_config(out_dir, config, resume)
@@ -160,12 +175,16 @@ def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: boo
                desc=f"meta-train {'+'.join(labels)}", unit="step", dynamic_ncols=True)
     inner_steps_per_outer = trainer.estimator.inner_steps_per_estimate
     log = open(metrics_path, "a") if main else None
+    tb = _tensorboard(out_dir, start) if (main and tensorboard) else None
     try:
         def write(rec):
             records.append(rec)
             if log is not None:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
+            if tb is not None:
+                for key, value in _scalars(rec).items():
+                    tb.add_scalar(key, value, rec["step"])
 
         if start == 0 and config.eval_every:
             write({"step": 0, **_to_py(trainer.evaluate(state.theta))})
@@ -189,6 +208,8 @@ def train(config: TrainConfig, out_dir: str, resume: bool = False, progress: boo
     finally:
         if log is not None:
             log.close()
+        if tb is not None:
+            tb.close()
     bar.close()
     elapsed = time.time() - t0
     done_steps = end - start
