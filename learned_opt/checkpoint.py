@@ -82,18 +82,22 @@ def _build_theta(path: str, header: dict, arrays: dict, lopt: LearnedOptimizer) 
 
 
 def _optimizer_from_header(path: str, header: dict) -> LearnedOptimizer:
+    for field in ("config", "metadata"):
+        if not isinstance(header.get(field) or {}, dict):
+            raise CheckpointError(f"{path} has a corrupt header ({field} is not an object); "
+                                  "restore the file or re-save it")
     arch = header.get("architecture")
     known = architectures()
-    if arch not in known:
+    if not isinstance(arch, str) or arch not in known:
         raise CheckpointError(
             f"{path} holds architecture {arch!r}, which is not registered here (known: "
             f"{sorted(known)}); import the module that defines it before loading")
     cls = known[arch]
     try:
         return cls(config_from_dict(cls.Config, header.get("config") or {}))
-    except (LearnedOptError, TypeError) as e:
+    except (LearnedOptError, TypeError, ValueError) as e:
         raise CheckpointError(
-            f"{path} has a config that {cls.__name__} cannot use ({e}); "
+            f"{path} has a config that {cls.__name__} cannot use ({str(e).splitlines()[0] if str(e) else e!r}); "
             "the checkpoint is from an incompatible version of this architecture") from None
 
 
@@ -138,6 +142,7 @@ def load(path: str) -> Loaded:
 def load_theta(path: str, lopt: LearnedOptimizer) -> PyTree:
     """Load theta for the given optimizer; its architecture and config must match the file's."""
     header, arrays = _read(path)
+    _optimizer_from_header(path, header)
     if header.get("architecture") != lopt.architecture:
         raise CheckpointError(
             f"{path} holds a {header.get('architecture')!r} optimizer, not {lopt.architecture!r}; "
