@@ -33,9 +33,10 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 
 # ----------------------------------------------------------------------------- atomic write
-def atomic_write(path: str, write_fn: Callable) -> None:
+def atomic_write(path: str, write_fn: Callable, before_replace: Callable | None = None) -> None:
     """Call ``write_fn(file)`` on a temp file beside ``path``, fsync, then rename over ``path``:
-    readers see the old file or the new one, never a torn write."""
+    readers see the old file or the new one, never a torn write. ``before_replace()`` runs
+    once the new file is complete, just before the rename (e.g. to keep the old one aside)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
@@ -48,6 +49,8 @@ def atomic_write(path: str, write_fn: Callable) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -138,9 +141,11 @@ def json_default(o):
 
 
 def write_archive(path: str, tree, *, fmt: str, version: int, prefix: str, fields: dict,
-                  error: type[LearnedOptError] = LearnedOptError) -> None:
+                  error: type[LearnedOptError] = LearnedOptError,
+                  before_replace: Callable | None = None) -> None:
     """Write ``tree`` atomically as an archive of format ``fmt`` v``version`` with extra JSON
-    header ``fields``; leaves are stored under ``prefix + path``."""
+    header ``fields``; leaves are stored under ``prefix + path`` (``before_replace``: see
+    :func:`atomic_write`)."""
     leaves = leaves_with_paths(tree)
     arrays = [(prefix + p, _to_storable(x)) for p, x in leaves]
     try:
@@ -155,7 +160,7 @@ def write_archive(path: str, tree, *, fmt: str, version: int, prefix: str, field
     except (TypeError, ValueError) as e:
         raise error(f"cannot save {path}: metadata is not JSON-serialisable ({e})") from None
     payload = {HEADER_KEY: np.array(header), **dict(arrays)}
-    atomic_write(path, lambda f: np.savez(f, **payload))
+    atomic_write(path, lambda f: np.savez(f, **payload), before_replace)
 
 
 def read_archive(path: str, *, fmt: str, version: int, prefix: str, what: str, writer: str,

@@ -42,6 +42,7 @@ def _configs_help() -> str:
 
 
 def cmd_train(args) -> int:
+    from learned_opt.errors import LearnedOptError
     from meta_train.config import get_config
 
     if args.list_configs:
@@ -64,8 +65,13 @@ def cmd_train(args) -> int:
     from meta_train.evaluation.report import write_report
     from meta_train.run import OPTIMIZER_FILE, PLOT_FILE, final_eval, train
 
-    state, records, summary = train(cfg, out, resume=args.resume, progress=not args.no_progress,
-                                    tensorboard=not args.no_tensorboard)
+    try:
+        state, records, summary = train(cfg, out, resume=args.resume, progress=not args.no_progress,
+                                        tensorboard=not args.no_tensorboard)
+    except Exception as e:
+        if args.distributed and not isinstance(e, LearnedOptError):
+            distributed.run_failed(e)   # a lost peer: one line and exit 3, not a traceback
+        raise
     if jax.process_index() == 0:
         plot_meta_training(records, os.path.join(out, PLOT_FILE))
     if args.distributed:

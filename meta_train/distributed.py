@@ -15,18 +15,28 @@ process 0 listens and waits for the other N-1 to connect and say their id, withi
 missing (or a duplicate id, or a disagreeing process count) raises DistributedError on
 every process that is there, with a message that says who is missing and what to do.
 
-Bounded failure later on: the heartbeat and shutdown timeouts (both ``timeout``) make the
-coordination service end the survivors when a peer dies mid-run (jax aborts them with
-"Terminating process because the JAX distributed service detected fatal errors"),
-instead of waiting forever in a collective.
+A peer dying mid-run: the rendezvous connections stay open for the whole run (process 0 holds
+one to every other process, each other process one to process 0) and a watchdog thread waits on
+them. A killed or crashed process's connections are closed by its kernel at once, so the
+survivors see it within milliseconds: each prints one line (who stopped, that the last
+checkpoint is intact, to restart every process with --resume) and exits with status 3, before
+jax's heartbeat timeout would abort it from C++ (the bound that remains for a host that vanishes
+without closing its connections: the heartbeat and shutdown timeouts, both ``timeout``). When
+process 0 dies, the coordination service dies with it and jax's client in each survivor may log
+its own error lines first (it detects the lost service as fast as the watchdog does); the
+watchdog's line is then the last one and the exit status is still 3. Checkpoints are atomic renames (run.py), so the last one is whole whenever the
+process is stopped. ``shutdown`` disarms the watchdog: the group leaves through a barrier.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
+import select
 import signal
 import socket
+import sys
+import threading
 import time
 
 from learned_opt.errors import LearnedOptError
@@ -35,6 +45,7 @@ ENV_COORDINATOR = "LOPT_COORDINATOR"
 ENV_NUM_PROCESSES = "LOPT_NUM_PROCESSES"
 ENV_PROCESS_ID = "LOPT_PROCESS_ID"
 DEFAULT_TIMEOUT = 120.0
+PEER_LOST_EXIT = 3
 _HELLO = "lopt-rendezvous"
 
 
@@ -136,8 +147,9 @@ def _listen(port: int) -> socket.socket:
                                f"{e.strerror or e}; choose another --coordinator port") from None
 
 
-def _serve(cfg: DistConfig, deadline: float) -> None:
-    """Process 0: accept the others until all N-1 said hello or the deadline passes."""
+def _serve(cfg: DistConfig, deadline: float) -> dict[int, socket.socket]:
+    """Process 0: accept the others until all N-1 said hello or the deadline passes; returns
+    the open connection to each (process id -> socket)."""
     peers: dict[int, socket.socket] = {}
     error = None
     with _listen(cfg.rendezvous_port) as server:
@@ -172,14 +184,16 @@ def _serve(cfg: DistConfig, deadline: float) -> None:
                 conn.sendall(b"ok\n" if ok else f"fail {error}\n".encode())
             except OSError:
                 pass
-            conn.close()
+            if not ok:
+                conn.close()
     if not ok:
         raise DistributedError(error)
+    return peers
 
 
-def _join(cfg: DistConfig, deadline: float) -> None:
+def _join(cfg: DistConfig, deadline: float) -> dict[int, socket.socket]:
     """Process I > 0: connect to process 0 (retrying until the deadline), say hello, and
-    wait for process 0's verdict."""
+    wait for process 0's verdict; returns the open connection ({0: socket})."""
     addr = (cfg.host, cfg.rendezvous_port)
     last = None
     while True:
@@ -195,29 +209,101 @@ def _join(cfg: DistConfig, deadline: float) -> None:
         except OSError as e:
             last = e.strerror or e.__class__.__name__
             time.sleep(min(0.2, max(left, 0)))
-    with conn:
-        try:
-            conn.sendall(f"{_HELLO} {cfg.process_id} {cfg.num_processes}\n".encode())
-            # Process 0 answers when everyone is there or at its deadline, which may be a
-            # little after ours: wait a few seconds longer than our own deadline.
-            reply = _readline(conn, deadline + 5)
-        except OSError as e:
-            reply = f"fail lost the connection to process 0 ({e.__class__.__name__})"
+    try:
+        conn.sendall(f"{_HELLO} {cfg.process_id} {cfg.num_processes}\n".encode())
+        # Process 0 answers when everyone is there or at its deadline, which may be a
+        # little after ours: wait a few seconds longer than our own deadline.
+        reply = _readline(conn, deadline + 5)
+    except OSError as e:
+        reply = f"fail lost the connection to process 0 ({e.__class__.__name__})"
     if reply == "ok":
-        return
+        conn.settimeout(None)
+        return {0: conn}
+    conn.close()
     if reply.startswith("fail "):
         raise DistributedError(reply[5:])
     raise DistributedError(f"no answer from process 0 at {cfg.host}:{cfg.rendezvous_port} within "
                            f"{cfg.timeout:g} s; raise --dist-timeout")
 
 
-def rendezvous(cfg: DistConfig) -> None:
+def rendezvous(cfg: DistConfig, keep: bool = False) -> dict[int, socket.socket]:
     """All ``num_processes`` meet over TCP on the coordinator's port + 1, or every one that
-    is there raises DistributedError within about ``timeout`` seconds."""
+    is there raises DistributedError within about ``timeout`` seconds. ``keep``: return the
+    open connections (process id -> socket) for the watchdog, else close them."""
     if cfg.num_processes == 1:
-        return
+        return {}
     deadline = time.monotonic() + cfg.timeout
-    (_serve if cfg.process_id == 0 else _join)(cfg, deadline)
+    links = (_serve if cfg.process_id == 0 else _join)(cfg, deadline)
+    if not keep:
+        for conn in links.values():
+            conn.close()
+        return {}
+    return links
+
+
+# ---------------------------------------------------------------- peer watchdog
+
+class _Watchdog:
+    """Waits on the rendezvous connections; when one closes while armed, prints one line and
+    ends this process with PEER_LOST_EXIT (the main thread may be blocked in a collective)."""
+
+    def __init__(self, links: dict[int, socket.socket], me: int):
+        self.links, self.me, self.armed = links, me, True
+        self.thread = threading.Thread(target=self._watch, name="lopt-peer-watchdog", daemon=True)
+        self.thread.start()
+
+    def _watch(self):
+        by_fd = {conn.fileno(): pid for pid, conn in self.links.items()}
+        conns = list(self.links.values())
+        while conns:
+            try:
+                ready, _, _ = select.select(conns, [], [])
+            except (OSError, ValueError):
+                return                      # closed under us by disarm()
+            for conn in ready:
+                try:
+                    data = conn.recv(64)
+                except OSError:
+                    data = b""
+                if data:
+                    continue                # nothing is sent after the rendezvous; ignore
+                if not self.armed:
+                    return
+                self._peer_lost(by_fd.get(conn.fileno(), "?"))
+
+    def _peer_lost(self, pid):
+        who = f"process {pid}" if pid != "?" else "a peer process"
+        _stop(f"{who} stopped mid-run (its connection to process {self.me} closed); process "
+              f"{self.me} stops too")
+
+    def disarm(self):
+        self.armed = False
+
+
+_WATCHDOG: _Watchdog | None = None
+_STOPPING = threading.Lock()
+
+
+def _stop(what: str) -> None:
+    """One line on stderr and exit PEER_LOST_EXIT, once, whichever thread detects it first."""
+    _STOPPING.acquire()     # a second detector blocks here until the process is gone
+    sys.stderr.write(f"lopt: error: distributed: {what}. The last checkpoint in the run directory "
+                     "is intact: restart every process with --resume\n")
+    sys.stderr.flush()
+    os._exit(PEER_LOST_EXIT)
+
+
+def run_failed(exc: BaseException) -> None:
+    """Called with an exception that ended a distributed run's loop (a collective fails when a
+    peer dies: gloo raises in the main thread while the watchdog is about to act): give the
+    watchdog a moment to name the lost process, else stop with one line naming the error."""
+    if _WATCHDOG is None or not _WATCHDOG.armed:
+        return
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        time.sleep(0.05)        # the watchdog ends the process if a peer is gone
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    _stop(f"the run failed in process {_WATCHDOG.me} ({type(exc).__name__}: {first})")
 
 
 # ---------------------------------------------------------------- jax.distributed
@@ -227,7 +313,8 @@ def initialize(cfg: DistConfig) -> None:
     jax backend (no jax.devices(), no arrays) in this process."""
     import jax
 
-    rendezvous(cfg)
+    global _WATCHDOG
+    links = rendezvous(cfg, keep=True)
     # Cross-process collectives on CPU need gloo; it does not affect GPU/TPU backends.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     secs = max(10, math.ceil(cfg.timeout))
@@ -238,11 +325,16 @@ def initialize(cfg: DistConfig) -> None:
     # which this trainer does not use): without this, `kill PID` would not stop a process.
     # The other processes then end after the heartbeat timeout.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if links:
+        _WATCHDOG = _Watchdog(links, cfg.process_id)
 
 
 def shutdown() -> None:
-    """Leave the process group (a barrier: every process waits for the others)."""
+    """Leave the process group (a barrier: every process waits for the others); from here a
+    peer's connection closing is a normal exit, not a lost peer."""
     import jax
+    if _WATCHDOG is not None:
+        _WATCHDOG.disarm()
     if jax.distributed.is_initialized():
         jax.distributed.shutdown()
 

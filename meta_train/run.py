@@ -89,11 +89,15 @@ def _check_processes_agree(config: TrainConfig, start: int | None = None) -> Non
 def save_checkpoint(out_dir: str, state, config_json: str, rotate: bool = True) -> None:
     """Write ``state`` as the newest checkpoint, keeping the one before it as the previous
     (``rotate=False`` overwrites the newest without moving it: used when the newest is bad).
-    Both writes are atomic renames: a kill at any point leaves at least one good checkpoint."""
+    The new file is complete and synced before two renames (newest -> previous, new ->
+    newest): a kill at any point leaves a good newest checkpoint, or, between the two renames,
+    a good previous one."""
     newest = os.path.join(out_dir, STATE_FILE)
-    if rotate and os.path.exists(newest):
-        os.replace(newest, os.path.join(out_dir, PREV_STATE_FILE))
-    save_state(newest, state, config_json)
+
+    def keep_previous():
+        if rotate and os.path.exists(newest):
+            os.replace(newest, os.path.join(out_dir, PREV_STATE_FILE))
+    save_state(newest, state, config_json, before_replace=keep_previous)
 
 
 def load_checkpoint(out_dir: str, template, warn=None):

@@ -20,9 +20,11 @@ class StateFileError(LearnedOptError):
     """A training-state file cannot be used (corrupt, foreign, or from another config)."""
 
 
-def save_state(path: str, state, config_json: str) -> None:
+def save_state(path: str, state, config_json: str, before_replace=None) -> None:
+    """Write the state atomically (``before_replace``: see ``learned_opt.files.atomic_write``)."""
     files.write_archive(path, jax.device_get(state), fmt=FORMAT, version=VERSION, prefix=PREFIX,
-                        fields={"config": json.loads(config_json)}, error=StateFileError)
+                        fields={"config": json.loads(config_json)}, error=StateFileError,
+                        before_replace=before_replace)
 
 
 def _read(path: str):

@@ -82,8 +82,9 @@ def test_two_processes_match_one(tmp_path):
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
     # One metrics log (process 0's) with every step once, and the evaluations.
-    assert sorted(os.listdir(out)) == ["config.json", "meta_training.png", "metrics.jsonl",
-                                       "optimizer.npz", "train_state.npz"]
+    assert sorted(f for f in os.listdir(out) if not f.startswith("events.out.tfevents")) == [
+        "config.json", "meta_training.png", "metrics.jsonl", "optimizer.npz", "train_state.npz",
+        "train_state.prev.npz"]
     with open(out / "metrics.jsonl") as f:
         recs = [json.loads(line) for line in f]
     assert [r["step"] for r in recs if "meta_loss" in r] == [1, 2, 3, 4]
@@ -107,6 +108,41 @@ def test_lone_process_fails_fast_with_one_line(tmp_path):
                            f"127.0.0.1:{port} within 3 s; start the others with --process-id 1 "
                            "or raise --dist-timeout")
     assert elapsed < 20, elapsed
+
+
+@pytest.mark.parametrize("victim", [1, 0], ids=["peer_dies", "coordinator_dies"])
+def test_a_peer_dying_mid_run_ends_the_others_with_one_line(tmp_path, victim):
+    """Kill one of two processes (SIGKILL) after a checkpoint: the survivor ends within
+    seconds (far inside --dist-timeout) with status 3 and one line naming the dead process,
+    no traceback and no C++ abort; the last checkpoint loads; --resume continues from it."""
+    import signal
+    from meta_train.run import STATE_FILE
+    from meta_train.state_io import _read
+    port = _free_port()
+    out = tmp_path / "run"
+    dist = ["--set", "outer_steps=100000", "--set", "eval_every=0", "--out", str(out), "--distributed",
+            "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--dist-timeout", "120"]
+    procs = [_lopt([*dist, "--process-id", str(i)]) for i in (0, 1)]
+    deadline = time.time() + 240
+    while not (out / STATE_FILE).exists():
+        assert time.time() < deadline and all(p.poll() is None for p in procs), [p.poll() for p in procs]
+        time.sleep(0.2)
+    time.sleep(1.0)
+    procs[victim].send_signal(signal.SIGKILL)
+    t0 = time.time()
+    rc, o, err = _finish(procs[1 - victim], timeout=60)
+    elapsed = time.time() - t0
+    procs[victim].communicate()
+    assert rc == distributed.PEER_LOST_EXIT, (rc, err[-3000:])
+    assert elapsed < 20, elapsed
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1].startswith(f"lopt: error: distributed: process {victim} stopped mid-run"), err[-3000:]
+    assert "--resume" in lines[-1]
+    assert "Traceback" not in err
+    if victim == 1:     # process 0's service outlives the peer: nothing from jax, only our line
+        assert len(lines) == 1 and "Terminating process" not in err, err[-3000:]
+    header, _ = _read(str(out / STATE_FILE))          # whole: its checksum holds
+    assert header["format"] == "lopt-train-state"
 
 
 def _run_threads(cfgs):
