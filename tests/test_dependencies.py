@@ -10,6 +10,8 @@
 - the meta-training core (meta_train/*.py but cli.py, ship.py, __main__.py) never imports the
   evaluation layer or the CLI;
 - the evaluation layer never imports the meta-training core or the CLI;
+- torch (the optional ``[torch]`` extra) is imported by learned_opt.torch_bridge alone, which is
+  learned_opt-layered too, and nothing else imports the bridge: the core runs without torch;
 - nothing imports TensorFlow (tensorflow_datasets' array_record readers need none), and importing
   the core does not load it.
 """
@@ -53,6 +55,8 @@ def _imports(path: str, module: str) -> set[str]:
 
 
 def _layer(module: str) -> str:
+    if _within(module, "learned_opt.torch_bridge"):
+        return "torch_bridge"
     top, _, rest = module.partition(".")
     if top != "meta_train":
         return top
@@ -68,6 +72,10 @@ def _within(name: str, prefix: str) -> bool:
 
 def _forbidden(layer: str, name: str) -> bool:
     if _within(name, "tensorflow"):
+        return True
+    if layer == "torch_bridge":
+        return _within(name, "tasks") or _within(name, "meta_train")
+    if _within(name, "torch") or _within(name, "learned_opt.torch_bridge"):
         return True
     if layer == "learned_opt":
         return _within(name, "tasks") or _within(name, "meta_train")
@@ -87,7 +95,7 @@ MODULES = dict(_modules())
 
 def test_every_package_is_scanned():
     layers = {_layer(m) for m in MODULES}
-    assert layers == {"learned_opt", "tasks", "core", "evaluation", "cli"}
+    assert layers == {"learned_opt", "torch_bridge", "tasks", "core", "evaluation", "cli"}
     assert "meta_train.trainer" in MODULES and "meta_train.evaluation.report" in MODULES
 
 
@@ -109,6 +117,10 @@ def test_the_checker_catches_violations():
     assert not _forbidden("evaluation", "meta_train.evaluation.curves")
     assert not _forbidden("cli", "meta_train.trainer") and not _forbidden("cli", "meta_train.evaluation")
     assert _forbidden("core", "tensorflow") and not _forbidden("tasks", "tensorflow_datasets")
+    assert _forbidden("learned_opt", "torch.optim") and _forbidden("cli", "torch")
+    assert _forbidden("learned_opt", "learned_opt.torch_bridge.norm_mlp")
+    assert not _forbidden("torch_bridge", "torch") and not _forbidden("torch_bridge", "learned_opt.mlp")
+    assert _forbidden("torch_bridge", "tasks") and not _forbidden("tasks", "torchvision_like")
     # relative imports resolve to absolute names
     src = "from . import curves\nfrom ..run import train\n"
     path = os.path.join(ROOT, "tests", "_rel_probe.py")
@@ -121,9 +133,9 @@ def test_the_checker_catches_violations():
     assert {"meta_train.evaluation.curves", "meta_train.run.train"} <= names
 
 
-def test_importing_the_core_and_evaluation_loads_no_tensorflow():
-    code = ("import sys, meta_train.trainer, meta_train.run, meta_train.evaluation.report; "
-            "print(sorted(m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.')))")
+def test_importing_the_core_and_evaluation_loads_no_tensorflow_and_no_torch():
+    code = ("import sys, learned_opt, meta_train.trainer, meta_train.run, meta_train.evaluation.report; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr

@@ -19,7 +19,6 @@ import os
 
 import jax
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
