@@ -130,10 +130,11 @@ def _kwarg_values(name):
 
 @FUZZ
 @given(st.sampled_from(FAMILIES).flatmap(lambda n: st.tuples(st.just(n), st.dictionaries(
-    st.sampled_from(family_kwargs(n) + ["bogus"]), _kwarg_values(n), max_size=3))))
+    # data_dir is left out: a valid path makes the family write its dataset cache there
+    st.sampled_from([k for k in family_kwargs(n) if k != "data_dir"] + ["bogus"]), _kwarg_values(n),
+    max_size=3))))
 def test_fuzzed_task_kwargs_build_a_family_or_fail_in_one_line(args):
     name, kwargs = args
-    kwargs.pop("data_dir", None) if "data_dir" in kwargs and not isinstance(kwargs["data_dir"], str) else None
     try:
         family = tasks.get_family(name, **kwargs)
     except LearnedOptError as e:
