@@ -14,12 +14,19 @@ $(BIN)/lopt: pyproject.toml
 
 install: $(BIN)/lopt
 
+# The PyTorch bridge's extra for the tests: the CPU build of torch where the package index has it
+# (TORCH=... to choose another), else the default build.
+TORCH ?= torch==2.13.0+cpu
+$(VENV)/.torch: $(BIN)/lopt
+	$(BIN)/python -m pip install --quiet "$(TORCH)" || $(BIN)/python -m pip install --quiet -e ".[torch]"
+	@touch $@
+
 # Meta-train the default config (~2.5 min on 2 CPU cores) and evaluate it (~10-14 min), save runs/default/optimizer.npz,
 # and write runs/default/report/report.md.
 quickstart: install
 	$(BIN)/lopt train --config default --out runs/default
 
-test: install
+test: install $(VENV)/.torch
 	$(BIN)/python -m pytest tests
 
 benchmark: install

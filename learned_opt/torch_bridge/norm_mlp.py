@@ -1,0 +1,118 @@
+"""``norm_mlp`` (the shipped ``general`` optimizer) in torch: ``learned_opt.norm_mlp``'s step.
+
+Per tensor ``p`` (haiku layout) with gradient ``g``, t = its updates taken, N = the run's
+length (0 = unknown), ``lr`` the group's learning rate (default: the config's ``lr``):
+
+    m_k <- d_k m_k + (1 - d_k) g,   d = (beta1, *decays)        v <- beta2 v + (1 - beta2) g^2
+    a    = (m_0 / (1 - beta1^(t+1))) / (sqrt(v / (1 - beta2^(t+1))) + 1e-8)
+    x    = normalize([g, p, m_0.., sqrt(v), a])                 per channel, over the tensor
+    tau  = [min(t / N, 1), 1] if N > 0 else [0, 0]
+    d, m = MLP([x, tau, DMD]) - MLP([0, tau, 0])             (DMD channels with dmd_window > 0)
+    D    = nominal * x_a + d;   D <- NewtonSchulz(D)  (orthogonalize, matrices with both sides > 1)
+    u    = D * rsqrt(1e-12 + mean(D^2))                         (normalize_output)
+    step = lr * s_mup * exp(max_log_scale * tanh(mean(m))) * u * [x_g != 0 somewhere]
+           + lr * weight_decay * p                              (ndim >= 2)
+
+with ``s_mup = mup_base_fan_in / prod(shape[:-1])`` for ndim >= 2 (1 otherwise; 1 everywhere
+with ``mup=False``). Read on the haiku layout, ``prod(shape[:-1])`` is a torch ``Linear``'s
+``in_features`` and a ``Conv2d``'s ``in_channels * kh * kw``; Newton-Schulz orthogonalises
+``(prod(shape[:-1]), shape[-1])``. The first layer of the network takes tau once per tensor
+(``ops.mlp``); its value at zero per-parameter (and DMD) inputs is then exactly
+``tau W_tau + b_0``, which is the subtracted ``MLP([0, tau, 0])``'s first pre-activation.
+"""
+from __future__ import annotations
+
+import torch
+
+from learned_opt import mup
+from learned_opt.norm_mlp import NormMLP
+from learned_opt.torch_bridge import ops
+from learned_opt.torch_bridge.rule import Rule, Slot
+
+F32 = torch.float32
+
+
+def fraction_features(t: int, num_steps: int, device=None) -> torch.Tensor:
+    """``norm_mlp.fraction_features``: ``[min(t / N, 1), 1]`` if ``N > 0`` else ``[0, 0]``."""
+    if num_steps <= 0:
+        return torch.zeros(2, dtype=F32, device=device)
+    frac = torch.tensor(float(t), dtype=F32, device=device) / torch.tensor(
+        float(max(num_steps, 1)), dtype=F32, device=device)
+    return torch.stack([torch.clamp(frac, max=1.0), torch.ones((), dtype=F32, device=device)])
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """``mup.newton_schulz``: the quintic iteration on ``(prod(shape[:-1]), shape[-1])``,
+    on the transpose when it has more rows than columns."""
+    if g.dim() < 2:
+        return g
+    shape = g.shape
+    x = g.reshape(-1, shape[-1]).to(F32)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    x = x / (torch.linalg.norm(x) + eps)
+    a, b, c = mup.NS_COEFFS
+    for _ in range(int(steps)):
+        s = x @ x.T
+        x = a * x + (b * s + c * s @ s) @ x
+    if tall:
+        x = x.T
+    return x.reshape(shape)
+
+
+class NormMLPRule(Rule):
+    architecture = "norm_mlp"
+    jax_class = NormMLP
+
+    @property
+    def nominal_lr(self) -> float:
+        return float(self.config.lr)
+
+    @property
+    def decays(self) -> tuple[float, ...]:
+        return (self.config.beta1, *self.config.decays)
+
+    def init_state(self, p):
+        k = len(self.decays)
+        return {"step": 0,
+                "momenta": torch.zeros(p.shape + (k,), dtype=F32, device=p.device),
+                "v": torch.zeros(p.shape, dtype=F32, device=p.device)}
+
+    def tensor_step(self, slot: Slot) -> torch.Tensor:
+        cfg = self.config
+        g, p, st, dev = slot.g, slot.p, slot.state, slot.p.device
+        t = slot.step
+        t1 = torch.tensor(float(t + 1), dtype=F32, device=dev)
+        c1 = 1.0 - torch.pow(torch.tensor(cfg.beta1, dtype=F32, device=dev), t1)
+        c2 = 1.0 - torch.pow(torch.tensor(cfg.beta2, dtype=F32, device=dev), t1)
+        tau = fraction_features(t, slot.num_steps, dev)
+        tail = self.dmd_inputs(slot)
+
+        m = ops.ema(st["momenta"], g, ops.decay_pair(self.decays, dev))
+        v = ops.ema(st["v"].unsqueeze(-1), g.square(), ops.decay_pair((cfg.beta2,), dev))[..., 0]
+        a = (m[..., 0] / c1) / (torch.sqrt(v / c2) + 1e-8)
+        x = ops.normalize(ops.stack_channels(g, p, m, torch.sqrt(v), a), cfg.norm_eps)
+        st.update(step=t + 1, momenta=m, v=v)
+        if p.numel() == 0:
+            return torch.zeros_like(p)
+
+        mlp = self.theta(dev)["mlp"]
+        n_pp = cfg.num_per_parameter
+        bias = ops.first_layer_bias(mlp, tau, n_pp)             # MLP([0, tau, 0])'s first layer
+        out = ops.mlp_rest(mlp, ops.first_layer_rest(mlp, x, tail) + bias) - ops.mlp_rest(mlp, bias)
+        d, mm = out[..., 0], out[..., 1]
+        D = cfg.nominal * x[..., n_pp - 1] + d
+        if cfg.orthogonalize and D.dim() >= 2 and min(mup.fan_in(D.shape), D.shape[-1]) > 1:
+            D = newton_schulz(D, cfg.ns_steps)
+        u = D * torch.rsqrt(1e-12 + torch.mean(D.square())) if cfg.normalize_output else D
+        live = (torch.sum(x[..., 0].square()) > 0).to(F32)
+        mag = torch.exp(cfg.max_log_scale * torch.tanh(torch.mean(mm)))
+        scale = mup.step_scale(tuple(p.shape), cfg.mup_base_fan_in) if cfg.mup else 1.0
+        step = (slot.lr * scale) * mag * live * u
+        if cfg.weight_decay and p.dim() >= 2:
+            step = step + slot.lr * cfg.weight_decay * p
+        return step
+
+
+__all__ = ["NormMLPRule", "fraction_features", "newton_schulz"]
