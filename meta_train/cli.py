@@ -69,8 +69,11 @@ def cmd_train(args) -> int:
         state, records, summary = train(cfg, out, resume=args.resume, progress=not args.no_progress,
                                         tensorboard=not args.no_tensorboard)
     except Exception as e:
-        if args.distributed and not isinstance(e, LearnedOptError):
-            distributed.run_failed(e)   # a lost peer: one line and exit 3, not a traceback
+        if args.distributed:
+            if isinstance(e, LearnedOptError):
+                distributed.disarm()    # every process reports its own error, not a "lost peer"
+            else:
+                distributed.run_failed(e)   # a lost peer: one line and exit 3, not a traceback
         raise
     if jax.process_index() == 0:
         plot_meta_training(records, os.path.join(out, PLOT_FILE))

@@ -26,7 +26,8 @@ def _check_value(key: str, value, kind):
     ``X | None``); returns it normalised (an integral float for an int field becomes the int, a
     list for a tuple field stays a list); ConfigError naming the key, the expected type and the
     value otherwise. NaN and infinities are rejected: no field means anything by them."""
-    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    options = typing.get_args(kind) if union else (kind,)
     if value is None and type(None) in options:
         return None
     base = next(o for o in options if o is not type(None))
@@ -35,10 +36,16 @@ def _check_value(key: str, value, kind):
         ok = isinstance(value, bool)
     elif base in (int, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
+            if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"invalid config: {key} must be a finite number, got {value!r}")
             if base is int and isinstance(value, float) and value.is_integer():
                 value = int(value)
+            if base is float:   # one JSON form per value (1 and 1.0 are the same config)
+                try:
+                    value = float(value)
+                except OverflowError:
+                    raise ConfigError(f"invalid config: {key} must be a finite number, got a "
+                                      f"{len(str(abs(value)))}-digit integer") from None
             ok = base is float or isinstance(value, int)
     elif base is tuple:
         ok = isinstance(value, (list, tuple))

@@ -245,36 +245,59 @@ def rendezvous(cfg: DistConfig, keep: bool = False) -> dict[int, socket.socket]:
 
 class _Watchdog:
     """Waits on the rendezvous connections; when one closes while armed, prints one line and
-    ends this process with PEER_LOST_EXIT (the main thread may be blocked in a collective)."""
+    ends this process with PEER_LOST_EXIT (the main thread may be blocked in a collective).
+    Process 0 watches every peer and, before stopping, tells the others which one died
+    (``lost K``), so with more than two processes every survivor names the dead one."""
 
     def __init__(self, links: dict[int, socket.socket], me: int):
         self.links, self.me, self.armed = links, me, True
+        self.reported: str | None = None     # what process 0 said died
         self.thread = threading.Thread(target=self._watch, name="lopt-peer-watchdog", daemon=True)
         self.thread.start()
 
     def _watch(self):
         by_fd = {conn.fileno(): pid for pid, conn in self.links.items()}
         conns = list(self.links.values())
-        while conns:
+        buffers = {fd: b"" for fd in by_fd}
+        while True:
             try:
                 ready, _, _ = select.select(conns, [], [])
             except (OSError, ValueError):
-                return                      # closed under us by disarm()
+                return                      # a socket went bad under select: nothing to watch
             for conn in ready:
+                fd = conn.fileno()
                 try:
-                    data = conn.recv(64)
+                    data = conn.recv(256)
                 except OSError:
                     data = b""
-                if data:
-                    continue                # nothing is sent after the rendezvous; ignore
+                if data:                    # only process 0 sends, and only "lost K\n"
+                    buffers[fd] += data
+                    for line in buffers[fd].split(b"\n")[:-1]:
+                        words = line.decode(errors="replace").split()
+                        if len(words) == 2 and words[0] == "lost":
+                            self.reported = words[1]
+                    buffers[fd] = buffers[fd].rsplit(b"\n", 1)[-1]
+                    continue
                 if not self.armed:
                     return
-                self._peer_lost(by_fd.get(conn.fileno(), "?"))
+                self._peer_lost(by_fd[fd])
 
-    def _peer_lost(self, pid):
-        who = f"process {pid}" if pid != "?" else "a peer process"
-        _stop(f"{who} stopped mid-run (its connection to process {self.me} closed); process "
-              f"{self.me} stops too")
+    def _peer_lost(self, pid: int):
+        if self.me == 0:
+            for other, conn in self.links.items():
+                if other != pid:
+                    try:
+                        conn.sendall(f"lost {pid}\n".encode())
+                    except OSError:
+                        pass
+            _stop(f"process {pid} stopped mid-run (its connection to process 0 closed); process 0 "
+                  "stops too")
+        elif self.reported is not None:
+            _stop(f"process {self.reported} stopped mid-run (reported by process 0); process "
+                  f"{self.me} stops too")
+        else:
+            _stop(f"process {pid} stopped mid-run (its connection to process {self.me} closed); "
+                  f"process {self.me} stops too")
 
     def disarm(self):
         self.armed = False
@@ -293,15 +316,25 @@ def _stop(what: str) -> None:
     os._exit(PEER_LOST_EXIT)
 
 
+def disarm() -> None:
+    """From here a peer's connection closing is not a lost peer (this process is leaving with
+    its own error or through ``shutdown``)."""
+    if _WATCHDOG is not None:
+        _WATCHDOG.disarm()
+
+
 def run_failed(exc: BaseException) -> None:
-    """Called with an exception that ended a distributed run's loop (a collective fails when a
-    peer dies: gloo raises in the main thread while the watchdog is about to act): give the
-    watchdog a moment to name the lost process, else stop with one line naming the error."""
+    """Called with an exception that ended a distributed run's loop. A runtime error from jax
+    (a collective fails when a peer dies: gloo raises in the main thread while the watchdog is
+    about to act): give the watchdog a moment to name the lost process, else stop with one line
+    naming the error. Anything else is a bug: disarm and return, so it is raised with its
+    traceback (the peers then report this process as stopped)."""
     if _WATCHDOG is None or not _WATCHDOG.armed:
         return
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
-        time.sleep(0.05)        # the watchdog ends the process if a peer is gone
+    if type(exc).__module__.split(".")[0] not in ("jax", "jaxlib"):
+        disarm()
+        return
+    time.sleep(5.0)             # the watchdog ends the process meanwhile if a peer is gone
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     _stop(f"the run failed in process {_WATCHDOG.me} ({type(exc).__name__}: {first})")
 
@@ -333,8 +366,7 @@ def shutdown() -> None:
     """Leave the process group (a barrier: every process waits for the others); from here a
     peer's connection closing is a normal exit, not a lost peer."""
     import jax
-    if _WATCHDOG is not None:
-        _WATCHDOG.disarm()
+    disarm()
     if jax.distributed.is_initialized():
         jax.distributed.shutdown()
 

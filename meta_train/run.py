@@ -127,9 +127,10 @@ def load_checkpoint(out_dir: str, template, warn=None):
 
 def _tensorboard(out_dir: str, start: int):
     """A TensorBoard event writer in the run directory (tensorboardX: no TensorFlow). On a
-    resumed start, events of an earlier start at steps >= ``start`` are purged from the view."""
+    start resumed after step ``start`` writes from step ``start + 1`` on, so events of earlier
+    starts at steps > ``start`` are purged from the view (a fresh start purges them all)."""
     from tensorboardX import SummaryWriter
-    return SummaryWriter(logdir=out_dir, purge_step=start or None, flush_secs=10)
+    return SummaryWriter(logdir=out_dir, purge_step=start + 1 if start else 0, flush_secs=10)
 
 
 def _scalars(rec: dict) -> dict:

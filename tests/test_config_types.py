@@ -28,6 +28,8 @@ from meta_train.config import ConfigError, FamilyEntry, TrainConfig, get_config
      "families entry num_pairs must be an integer or null, got 2.5"),
     ("seed=-1", "seed must be in"),
     ("seed=99999999999999", "seed must be in"),
+    ("seed=" + "9" * 400, "seed must be in"),
+    ("sigma=" + "9" * 400, "sigma must be a finite number, got a 400-digit integer"),
 ])
 def test_wrong_types_are_one_clear_error(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -39,6 +41,18 @@ def test_integral_floats_become_integers_and_valid_values_pass():
     assert cfg.outer_steps == 10000 and isinstance(cfg.outer_steps, int)
     assert cfg.meta_lr_final is None and cfg.sigma == 0.02
     assert FamilyEntry.from_dict({"family": "quadratic", "weight": 2}).weight == 2
+    # a float field holds a float: processes given sigma=1 and sigma=1.0 run the same config
+    assert get_config("smoke", ["sigma=1"]).to_json() == get_config("smoke", ["sigma=1.0"]).to_json()
+
+
+def test_optional_written_either_way_is_a_union():
+    from meta_train.config import _check_value
+    assert _check_value("k", None, typing.Optional[float]) is None
+    assert _check_value("k", 3, typing.Optional[float]) == 3.0
+    with pytest.raises(ConfigError, match="k must be a finite number"):
+        _check_value("k", float("nan"), typing.Optional[float])
+    with pytest.raises(ConfigError, match="k must be a number or null"):
+        _check_value("k", "x", float | None)
 
 
 def test_every_field_has_a_checked_type():

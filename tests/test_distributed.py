@@ -145,6 +145,42 @@ def test_a_peer_dying_mid_run_ends_the_others_with_one_line(tmp_path, victim):
     assert header["format"] == "lopt-train-state"
 
 
+def test_watchdogs_name_the_dead_process_among_three(monkeypatch):
+    """Three processes: 2 dies. Process 0 (watching every peer) names it and tells the others
+    before it stops; process 1, which sees only process 0 go, names process 2 too. A disarmed
+    watchdog stays silent."""
+    said = []
+
+    def stop(what):
+        said.append(what)
+        threading.Event().wait()   # instead of ending the process: park this daemon thread
+
+    def wait_for(n):
+        deadline = time.time() + 5
+        while len(said) < n and time.time() < deadline:
+            time.sleep(0.01)
+    monkeypatch.setattr(distributed, "_stop", stop)
+    a0, a1 = socket.socketpair()          # process 0 <-> process 1
+    b0, b2 = socket.socketpair()          # process 0 <-> process 2
+    distributed._Watchdog({1: a0, 2: b0}, 0)
+    distributed._Watchdog({0: a1}, 1)
+    b2.close()                            # process 2 dies
+    wait_for(1)
+    assert said == ["process 2 stopped mid-run (its connection to process 0 closed); process 0 stops too"]
+    time.sleep(0.2)
+    a0.close()                            # process 0 exits
+    wait_for(2)
+    assert said[1] == "process 2 stopped mid-run (reported by process 0); process 1 stops too"
+    c0, c1 = socket.socketpair()
+    quiet = distributed._Watchdog({0: c1}, 1)
+    quiet.disarm()
+    c0.close()
+    quiet.thread.join(5)
+    assert not quiet.thread.is_alive() and len(said) == 2
+    for s_ in (a1, b0, c1):
+        s_.close()
+
+
 def _run_threads(cfgs):
     """rendezvous() for each config in its own thread; returns the exception (or None) of each."""
     errors = [None] * len(cfgs)

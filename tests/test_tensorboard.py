@@ -32,11 +32,14 @@ def read_events(path):
 
 
 def scalars(run):
+    """What TensorBoard shows: files in order of writing; a START session log at step s in a
+    later file hides every earlier event at step >= s."""
     out, purges = {}, []
-    for path in sorted(glob.glob(os.path.join(run, "events.out.tfevents.*"))):
+    for path in sorted(glob.glob(os.path.join(run, "events.out.tfevents.*")), key=os.path.getmtime):
         for e in read_events(path):
             if e.HasField("session_log") and e.session_log.status == e.session_log.START:
                 purges.append(e.step)
+                out = {k: v for k, v in out.items() if k[1] < e.step}
             for v in e.summary.value:
                 out[(v.tag, e.step)] = v.simple_value
     return out, purges
@@ -51,10 +54,10 @@ def test_event_files_hold_the_metrics_scalars(tmp_path):
     want = {(k, r["step"]): v for r in records for k, v in r.items()
             if k != "step" and isinstance(v, (int, float))}
     assert {"meta_loss", "eval_mean_loss", "grad_norm"} <= {k for k, _ in want}
-    assert set(want) <= set(got)
+    assert set(got) == set(want)     # nothing missing (the checkpoint step's records), nothing stale
     for key, value in want.items():
         assert got[key] == pytest.approx(float(value), rel=1e-6, abs=1e-6), key   # float32 in the event
-    assert purges == [3]          # the resumed start purges steps >= 3 from the first file's view
+    assert purges[-1] == 4        # the resumed start (after step 3) purges steps >= 4 of the first
 
 
 def test_no_tensorboard_writes_no_event_files(tmp_path):
