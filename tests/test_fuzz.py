@@ -213,6 +213,7 @@ def test_fuzzed_optimizer_files_load_exactly_or_fail_in_one_line(tmp_path_factor
         assert _one_line_error(e), e
         return
     event("loaded")
+    assert jax.tree.structure(got) == jax.tree.structure(theta)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(theta)):   # loaded: the saved numbers
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -230,5 +231,6 @@ def test_fuzzed_training_states_load_exactly_or_fail_in_one_line(tmp_path_factor
         assert _one_line_error(e), e
         return
     event("loaded")
+    assert jax.tree.structure(got) == jax.tree.structure(state)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

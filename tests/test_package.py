@@ -2,6 +2,7 @@
 package data, and ``learned_opt.load(NAME)`` finds them from the installed wheel alone, away
 from the source tree, for one optax training step each."""
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,10 +15,21 @@ import learned_opt
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+PACKAGES = ("learned_opt", "tasks", "meta_train")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
+    """Built from a copy of the sources (setuptools' build/ and egg-info stay out of the checkout)."""
+    src = tmp_path_factory.mktemp("src") / "learned_opt_src"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "train_state*", "bench", "report", "*.png",
+                                  "metrics.jsonl")
+    for name in (*PACKAGES, "checkpoints"):
+        shutil.copytree(os.path.join(ROOT, name), src / name, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
     out = tmp_path_factory.mktemp("wheel")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "--no-build-isolation",
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
                            "--quiet", "-w", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (path,) = [p for p in out.iterdir() if p.suffix == ".whl"]
@@ -29,8 +41,15 @@ def test_wheel_carries_every_shipped_optimizer(wheel):
     shipped = learned_opt.shipped_names()
     assert {"general", "mlp", "adafactor_mlp"} <= set(shipped)
     for name in shipped:
-        for f in ("optimizer.npz", "MODEL_CARD.md"):
+        for f in ("optimizer.npz", "MODEL_CARD.md", "config.json"):
             assert f"learned_opt/checkpoints/{name}/{f}" in names, (name, f)
+    # every module of every package (pyproject lists the packages explicitly)
+    for pkg in PACKAGES:
+        for dirpath, _, files in os.walk(os.path.join(ROOT, pkg)):
+            for f in files:
+                if f.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(dirpath, f), ROOT).replace(os.sep, "/")
+                    assert rel in names, rel
     assert not any("train_state" in n or n.endswith(".png") for n in names)   # only what users load
 
 
