@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import types
-import typing
 from typing import Any
 
+from learned_opt.checks import check_field_types
 from learned_opt.errors import LearnedOptError
 from meta_train.estimators import ESTIMATORS
 
@@ -17,53 +15,9 @@ class ConfigError(LearnedOptError):
     """A user-caused problem with a meta-training config (unknown name or key, bad value)."""
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-               dict: "a JSON object", tuple: "a list"}
-
-
-def _check_value(key: str, value, kind):
-    """``value`` checked against annotation ``kind`` (int, float, bool, str, dict, tuple or an
-    ``X | None``); returns it normalised (an integral float for an int field becomes the int, a
-    list for a tuple field stays a list); ConfigError naming the key, the expected type and the
-    value otherwise. NaN and infinities are rejected: no field means anything by them."""
-    union = typing.get_origin(kind) in (typing.Union, types.UnionType)
-    options = typing.get_args(kind) if union else (kind,)
-    if value is None and type(None) in options:
-        return None
-    base = next(o for o in options if o is not type(None))
-    ok = False
-    if base is bool:
-        ok = isinstance(value, bool)
-    elif base in (int, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"invalid config: {key} must be a finite number, got {value!r}")
-            if base is int and isinstance(value, float) and value.is_integer():
-                value = int(value)
-            if base is float:   # one JSON form per value (1 and 1.0 are the same config)
-                try:
-                    value = float(value)
-                except OverflowError:
-                    raise ConfigError(f"invalid config: {key} must be a finite number, got a "
-                                      f"{len(str(abs(value)))}-digit integer") from None
-            ok = base is float or isinstance(value, int)
-    elif base is tuple:
-        ok = isinstance(value, (list, tuple))
-    else:
-        ok = isinstance(value, base)
-    if not ok:
-        want = _TYPE_NAMES.get(base, base.__name__) + (" or null" if type(None) in options else "")
-        raise ConfigError(f"invalid config: {key} must be {want}, got {value!r} "
-                          f"({type(value).__name__})")
-    return value
-
-
 def _check_fields(obj, prefix: str = "") -> None:
-    """Check (and normalise in place) every field of a frozen config dataclass by its type."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = _check_value(prefix + f.name, getattr(obj, f.name), hints[f.name])
-        object.__setattr__(obj, f.name, value)
+    """Every field of a config dataclass against its annotation (``learned_opt.checks``)."""
+    check_field_types(obj, prefix, ConfigError, "invalid config: ")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,13 +46,13 @@ def test_integral_floats_become_integers_and_valid_values_pass():
 
 
 def test_optional_written_either_way_is_a_union():
-    from meta_train.config import _check_value
-    assert _check_value("k", None, typing.Optional[float]) is None
-    assert _check_value("k", 3, typing.Optional[float]) == 3.0
+    from learned_opt.checks import check_type
+    assert check_type("k", None, typing.Optional[float]) is None
+    assert check_type("k", 3, typing.Optional[float]) == 3.0
     with pytest.raises(ConfigError, match="k must be a finite number"):
-        _check_value("k", float("nan"), typing.Optional[float])
+        check_type("k", float("nan"), typing.Optional[float], ConfigError)
     with pytest.raises(ConfigError, match="k must be a number or null"):
-        _check_value("k", "x", float | None)
+        check_type("k", "x", float | None, ConfigError)
 
 
 def test_every_field_has_a_checked_type():
