@@ -81,14 +81,22 @@ def _build_theta(path: str, header: dict, arrays: dict, lopt: LearnedOptimizer) 
                                    _describe(lopt), _HINT, CheckpointError)
 
 
-def _optimizer_from_header(path: str, header: dict) -> LearnedOptimizer:
+def _check_header(path: str, header: dict) -> None:
+    """The header fields the loaders read have their types (they are outside the checksum)."""
     for field in ("config", "metadata"):
         if not isinstance(header.get(field) or {}, dict):
             raise CheckpointError(f"{path} has a corrupt header ({field} is not an object); "
                                   "restore the file or re-save it")
+    if not isinstance(header.get("architecture"), str):
+        raise CheckpointError(f"{path} has a corrupt header (architecture "
+                              f"{header.get('architecture')!r} is not a name); restore the file or re-save it")
+
+
+def _optimizer_from_header(path: str, header: dict) -> LearnedOptimizer:
+    _check_header(path, header)
     arch = header.get("architecture")
     known = architectures()
-    if not isinstance(arch, str) or arch not in known:
+    if arch not in known:
         raise CheckpointError(
             f"{path} holds architecture {arch!r}, which is not registered here (known: "
             f"{sorted(known)}); import the module that defines it before loading")
@@ -142,7 +150,7 @@ def load(path: str) -> Loaded:
 def load_theta(path: str, lopt: LearnedOptimizer) -> PyTree:
     """Load theta for the given optimizer; its architecture and config must match the file's."""
     header, arrays = _read(path)
-    _optimizer_from_header(path, header)
+    _check_header(path, header)
     if header.get("architecture") != lopt.architecture:
         raise CheckpointError(
             f"{path} holds a {header.get('architecture')!r} optimizer, not {lopt.architecture!r}; "
