@@ -214,12 +214,12 @@ NAMED_CONFIGS: dict[str, TrainConfig] = {
        for suffix, lc, note in (("", {}, ""), ("_dmd", DMD_ON, " with DMD features"))
        if (arch, suffix) != ("mlp", "")},
     "general": TrainConfig(
-        architecture="norm_mlp", estimator="pes", num_pairs=4, truncation_length=20,
+        architecture="norm_mlp", lopt_config={"orthogonalize": True}, estimator="pes", num_pairs=4, truncation_length=20,
         min_episode_length=100, max_episode_length=2000, hide_length=0.2, meta_loss="log",
         meta_lr=1e-3, meta_lr_final=1e-4, outer_steps=10000, eval_every=500, eval_steps=400,
         checkpoint_every=25, families=GENERAL_FAMILIES,
-        description="The general optimizer: norm_mlp (normalised, muP-scaled, time-conditioned) "
-                    "meta-trained with PES on a mixture of 6 families (MLPs of widths 16-256 and "
+        description="The general optimizer: norm_mlp (normalised, muP-scaled, time-conditioned, "
+                    "Newton-Schulz orthogonalised matrix steps) meta-trained with PES on a mixture of 6 families (MLPs of widths 16-256 and "
                     "depths 1-2, one with augmentation, conv nets, quadratics), "
                     "episodes 100-2000 steps, log meta-loss."),
     "digits": TrainConfig(

@@ -101,9 +101,15 @@ def bench_section(bench_dir: str, label: str, dest: str) -> list[str]:
     if not rows:
         return []
     rel = os.path.relpath(os.path.join(bench_dir, "leaderboard.md"), dest)
-    return [BENCH_HEADING, "", f"From the [leaderboard]({rel}) (`lopt bench`: unguarded and behind both "
-            "guards against tuned Adam on every named suite; its command and settings, per-suite "
-            "intervals, the guards' worst cases and cost per step there):", ""] + rows + [""]
+    try:
+        guards = json.load(open(os.path.join(bench_dir, "bench.json")))["settings"].get("guards", [])
+    except (OSError, ValueError, KeyError):
+        guards = []
+    how = ("unguarded and behind " + " and ".join(f"the {g} guard" for g in guards) if guards
+           else "unguarded (`--no-guard`)")
+    return [BENCH_HEADING, "", f"From the [leaderboard]({rel}) (`lopt bench`: {how}, against tuned Adam "
+            "on every named suite; its command and settings, per-suite intervals and cost per step "
+            "there):", ""] + rows + [""]
 
 
 def update_card_bench(name: str, bench_dir: str, root: str = "checkpoints") -> str:

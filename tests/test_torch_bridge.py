@@ -6,7 +6,7 @@ defined once in torch with ``nn.Linear``'s ``(out, in)`` weights and once in JAX
 ``(in, out)``), torch and JAX each compute their own gradients and run 100 steps of their own
 optimizer, and the parameters must agree to ``TOL = 1e-4`` (max abs, float32). Measured on
 this machine (2-core CPU, torch 2.13, jax 0.10.2): mlp 3.6e-7, adafactor_mlp 4.5e-7, rnn_mlp
-6.0e-7, general (norm_mlp) 3.1e-6, and 2.3e-7 .. 4.9e-7 for the fresh thetas with non-default
+6.0e-7, general (norm_mlp, orthogonalised; ``FREE_TOL`` below) 1.2e-4, and 2.3e-7 .. 4.9e-7 for the fresh thetas with non-default
 configs below (norm_mlp orthogonalised with weight decay and N = 100 known; norm_mlp without
 muP and output normalisation, N unknown; adafactor_mlp with other decays); the parameters
 move by 0.3 .. 2.5. Also, torch fed JAX's parameters and gradients at every one of the 100
@@ -24,7 +24,12 @@ relative perturbation of the gradient window as torch's differ from JAX's on the
 The shipped ``lstm`` is chaotic on this case: in JAX alone a 1e-6 change of the initial
 weights grows to 0.1 after 100 steps, so float32 rounding differences of 4e-7 at step 1
 grow to 0.027 free-running (measured). For it the free-running comparison runs
-``LSTM_STEPS = 30`` steps (measured 8.0e-6) and the 100-step check is the per-step one
+``LSTM_STEPS = 30
+# The shipped general orthogonalises its matrix steps (Newton-Schulz), and on this model its
+# training run amplifies rounding: in JAX alone a 1e-7 relative change of theta moves the
+# parameters after 100 steps by 7.9e-5 (measured); torch vs JAX free-running: 1.0e-6 after 25
+# steps, 2.9e-6 after 50, 1.2e-4 after 100, while every single step agrees to 2.4e-7.
+FREE_TOL = {"general": 5e-4}`` steps (measured 8.0e-6) and the 100-step check is the per-step one
 (measured 1.2e-7).
 
 **Layout.** A conv2d weight ``(out, in, kh, kw)``, a conv1d weight ``(out, in, k)`` and a
@@ -67,6 +72,11 @@ STEPS = 100
 TOL = 1e-4
 STEP_TOL = 2e-6
 LSTM_STEPS = 30
+# The shipped general orthogonalises its matrix steps (Newton-Schulz), and on this model its
+# training run amplifies rounding: in JAX alone a 1e-7 relative change of theta moves the
+# parameters after 100 steps by 7.9e-5 (measured); torch vs JAX free-running: 1.0e-6 after 25
+# steps, 2.9e-6 after 50, 1.2e-4 after 100, while every single step agrees to 2.4e-7.
+FREE_TOL = {"general": 5e-4}
 DMD_TOL = 5e-4
 DMD_STEP_TOL = 5e-5
 
@@ -106,7 +116,7 @@ def _compare(lopt, theta, num_steps=None, steps=STEPS) -> tuple[float, float]:
 def test_torch_matches_jax_over_100_steps(name):
     make, num_steps = CASES[name]
     free, forced = _compare(*make(), num_steps)
-    assert free <= TOL, (name, free)
+    assert free <= FREE_TOL.get(name, TOL), (name, free)
     assert forced <= STEP_TOL, (name, forced)
 
 
