@@ -10,11 +10,14 @@ updated with the current g first:
     x    = [g, p, m_beta1, m_decays.., sqrt(v), a]              per parameter
     x_c <- x_c * rsqrt(norm_eps + mean_tensor(x_c^2))           inputs normalised per tensor
     tau  = [min(t / N, 1), 1] if N > 0 else [0, 0]              fraction of training, "known"
-    d, m = MLP([x, tau]) - MLP([0, tau])                        zero inputs give a zero step
+    r    = sqrt(mean_tensor(a^2))                               (``adam_scale`` only)
+    c    = [tau, r] if adam_scale else tau                      the same for the whole tensor
+    d, m = MLP([x, c]) - MLP([0, c])                            zero inputs give a zero step
     D    = nominal * a_n + d                    (a_n: the normalised channel a; nominal Adam term)
     D   <- NewtonSchulz(D)                      (``orthogonalize``, matrices only)
     u    = D * rsqrt(1e-12 + mean_tensor(D^2))                  normalised output, RMS 1
                                                 (u = D with ``normalize_output=False``)
+    u   <- r * u                                (``adam_scale``: the RMS of Adam's own step)
     step = lr * s_mup * exp(max_log_scale * tanh(mean_tensor(m))) * u * live
            + lr * weight_decay * p              (decoupled, tensors with ndim >= 2)
     p   <- p - step
@@ -27,10 +30,16 @@ learning rate ``lr``, so a user can schedule it: ``optax.chain(tx, optax.scale_b
 multiplies every step by ``f(count)``.
 
 The time channels tau are the same for every parameter of a tensor: the first layer takes them
-once per tensor (``constant_channels``). Untrained (output layer ``output_init_scale``) the
+once per tensor (``constant_channels``). ``adam_scale`` gives the step the RMS ``r`` of Adam's
+direction (in (0, 1]: about 1 while gradients agree from step to step, about
+sqrt((1 - beta1) / (1 + beta1)) = 0.23 once noise dominates) instead of 1, so the rule keeps
+Adam's own annealing under gradient noise, which per-tensor normalisation otherwise removes
+(on noisy quadratics a unit-RMS step stalls at a noise floor); the network sees ``r`` as a
+per-tensor input; with a zero network and no orthogonalisation the rule is then Adam
+(``lr * s_mup * a``). Untrained (output layer ``output_init_scale``) the
 rule is close to Adam with per-tensor normalised, muP-scaled steps. With ``dmd_window > 0`` the
-DMD channels are appended after tau. Inputs: ``5 + len(decays)`` per parameter plus the 2 of tau
-(10 by default).
+DMD channels are appended after tau (and r). Inputs: ``5 + len(decays)`` per parameter plus the 2
+of tau (10 by default; 11 with ``adam_scale``).
 """
 from __future__ import annotations
 
@@ -78,6 +87,7 @@ class NormMLPConfig(LOptConfig):
     ns_steps: int = 5
     normalize_output: bool = True
     max_log_scale: float = 2.0        # per-tensor magnitude in [e^-2, e^2]
+    adam_scale: bool = False          # step RMS = RMS of Adam's direction (see the docstring)
     output_init_scale: float = 0.1
     norm_eps: float = 1e-5
     dmd_window: int = 0
@@ -96,6 +106,7 @@ class NormMLPConfig(LOptConfig):
         yield "orthogonalize", isinstance(self.orthogonalize, bool), "true or false"
         yield "ns_steps", are_ints((self.ns_steps,)), "a positive int"
         yield "normalize_output", isinstance(self.normalize_output, bool), "true or false"
+        yield "adam_scale", isinstance(self.adam_scale, bool), "true or false"
         yield "max_log_scale", is_real(self.max_log_scale) and self.max_log_scale >= 0, ">= 0"
         yield "norm_eps", is_real(self.norm_eps) and self.norm_eps > 0, "positive"
         yield from super().checks()
@@ -106,8 +117,13 @@ class NormMLPConfig(LOptConfig):
         return 5 + len(self.decays)
 
     @property
+    def num_constant(self) -> int:
+        """Channels the same for every parameter of a tensor: tau, and r with ``adam_scale``."""
+        return NUM_TIME + int(self.adam_scale)
+
+    @property
     def num_inputs(self) -> int:
-        return self.num_per_parameter + NUM_TIME + self.num_dmd_inputs
+        return self.num_per_parameter + self.num_constant + self.num_dmd_inputs
 
 
 def fraction_features(iteration: Array, num_steps: Array) -> Array:
@@ -116,6 +132,11 @@ def fraction_features(iteration: Array, num_steps: Array) -> Array:
     known = n > 0
     frac = jnp.minimum(jnp.asarray(iteration, jnp.float32) / jnp.maximum(n, 1), 1.0)
     return jnp.where(known, jnp.stack([frac, 1.0]), 0.0).astype(jnp.float32)
+
+
+def adam_rms(a: Array) -> Array:
+    """``r = sqrt(mean(a^2))`` over one tensor (0 for an empty one)."""
+    return jnp.sqrt(jnp.mean(jnp.square(a))) if a.size else jnp.zeros((), jnp.float32)
 
 
 @register
@@ -136,9 +157,9 @@ class NormMLP(LearnedOptimizer):
         return {"mlp": init_step_mlp(key, cfg.num_inputs, cfg.hidden_sizes, cfg.output_init_scale)}
 
     def constant_channels(self) -> tuple[int, int]:
-        """tau (the same for every parameter)."""
+        """tau, and r with ``adam_scale`` (the same for every parameter of a tensor)."""
         a = self.config.num_per_parameter
-        return a, a + NUM_TIME
+        return a, a + self.config.num_constant
 
     def opt_init(self, theta, params, num_steps=None):
         n = 0 if num_steps is None else num_steps
@@ -164,7 +185,8 @@ class NormMLP(LearnedOptimizer):
             a = (m[..., 0] / c1) / (jnp.sqrt(v / c2) + 1e-8)
             x = F.stack_channels(g, p.astype(jnp.float32), m, jnp.sqrt(v), a)
             x = F.second_moment_normalize(x, cfg.norm_eps)
-            return F.broadcast_global(x, tau), m, v
+            const = jnp.concatenate([tau, adam_rms(a)[None]]) if cfg.adam_scale else tau
+            return F.broadcast_global(x, const), m, v
 
         out = jax.tree.map(one, state.momenta, state.v, grads, params)
         inputs, momenta, v = F.unzip(params, out, 3)
@@ -202,6 +224,8 @@ class NormMLP(LearnedOptimizer):
         if cfg.orthogonalize and D.ndim >= 2 and min(mup.fan_in(D.shape), D.shape[-1]) > 1:
             D = mup.newton_schulz(D, cfg.ns_steps)
         u = D * jax.lax.rsqrt(1e-12 + jnp.mean(jnp.square(D))) if cfg.normalize_output else D
+        if cfg.adam_scale:
+            u = u * x.reshape(-1, x.shape[-1])[0, cfg.num_per_parameter + NUM_TIME]
         live = (jnp.sum(jnp.square(x[..., 0])) > 0).astype(jnp.float32)
         mag = jnp.exp(cfg.max_log_scale * jnp.tanh(jnp.mean(m)))
         step = (cfg.lr * scale) * mag * live * u
@@ -210,4 +234,4 @@ class NormMLP(LearnedOptimizer):
         return step
 
 
-__all__ = ["NormMLP", "NormMLPConfig", "NormMLPState", "fraction_features"]
+__all__ = ["NormMLP", "NormMLPConfig", "NormMLPState", "adam_rms", "fraction_features"]

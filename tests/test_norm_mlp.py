@@ -29,12 +29,15 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     axes = tuple(range(raw.ndim - 1))
     x = raw / np.sqrt(cfg.norm_eps + np.mean(raw ** 2, axis=axes, keepdims=True))
     tau = np.array([min(t / n, 1.0), 1.0]) if n > 0 else np.zeros(2)
-    inputs = np.concatenate([x, np.broadcast_to(tau, np.shape(p) + (2,))], axis=-1)
+    r = np.sqrt(np.mean(a ** 2))
+    const = np.append(tau, r) if cfg.adam_scale else tau
+    inputs = np.concatenate([x, np.broadcast_to(const, np.shape(p) + const.shape)], axis=-1)
     d, mm = np_mlp(theta["mlp"], inputs)
-    d0, m0 = np_mlp(theta["mlp"], np.concatenate([np.zeros(x.shape[-1]), tau])[None])
+    d0, m0 = np_mlp(theta["mlp"], np.concatenate([np.zeros(x.shape[-1]), const])[None])
     d, mm = d - d0[0], mm - m0[0]
     D = cfg.nominal * x[..., -1] + d
     u = D / np.sqrt(1e-12 + np.mean(D ** 2)) if cfg.normalize_output else D
+    u = u * r if cfg.adam_scale else u
     mag = np.exp(cfg.max_log_scale * np.tanh(np.mean(mm)))
     step = cfg.lr * scale * mag * u * float(np.any(g != 0))
     if np.ndim(p) >= 2:
@@ -42,10 +45,11 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     return step
 
 
-@pytest.mark.parametrize("n, normalize", [(0, True), (8, True), (8, False)])
-def test_step_equals_formula(n, normalize):
+@pytest.mark.parametrize("n, normalize, adam_scale", [(0, True, False), (8, True, False),
+                                                      (8, False, False), (8, True, True)])
+def test_step_equals_formula(n, normalize, adam_scale):
     cfg = NormMLPConfig(output_init_scale=1.0, weight_decay=0.1, lr=0.01, max_log_scale=1.0,
-                        normalize_output=normalize)
+                        normalize_output=normalize, adam_scale=adam_scale)
     lopt = NormMLP(cfg)
     theta = jax.device_get(lopt.init(jax.random.PRNGKey(3)))
     state = lopt.opt_init(theta, P, n or None)
@@ -79,6 +83,32 @@ def test_zero_gradient_tensor_does_not_move_and_untrained_rule_is_normalised_ada
     np.testing.assert_allclose(np.sqrt(np.mean(step ** 2)), 1e-3, rtol=1e-4)
     adam = np.sign(G1["w"]) * (G1["w"] != 0)   # first Adam step: g / |g|
     np.testing.assert_allclose(step / 1e-3, adam / np.sqrt(np.mean(adam ** 2)), rtol=1e-4, atol=1e-6)
+
+
+def test_adam_scaled_rule_with_a_zero_network_is_adam():
+    """With ``adam_scale`` the normalised step gets the RMS of Adam's direction back: a zero
+    network (no muP, no orthogonalisation) steps exactly as optax.adam over a whole run,
+    including the noise-dominated phase where Adam's steps shrink."""
+    lopt = NormMLP(NormMLPConfig(mup=False, adam_scale=True, lr=0.01))
+    theta = jax.tree.map(jnp.zeros_like, lopt.init(KEY))
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+              "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
+    adam = optax.adam(0.01, eps=1e-8)
+    ours, ref = params, params
+    s_ours, s_ref = lopt.opt_init(theta, params), adam.init(params)
+    sizes = []
+    for t in range(30):   # a consistent gradient, then pure noise
+        g = {k: jnp.asarray(rng.normal(size=v.shape) + (3.0 if t < 10 else 0.0), jnp.float32)
+             for k, v in params.items()}
+        ours, s_ours = lopt.opt_update(theta, s_ours, g, ours, 0.0, KEY)
+        upd, s_ref = adam.update(g, s_ref)
+        new_ref = optax.apply_updates(ref, upd)
+        sizes.append(float(jnp.sqrt(jnp.mean(jnp.square(new_ref["w"] - ref["w"])))))
+        ref = new_ref
+        for k in params:
+            np.testing.assert_allclose(ours[k], ref[k], rtol=1e-5, atol=1e-6)
+    assert sizes[-1] < 0.6 * sizes[5]   # Adam's steps do shrink once noise dominates
 
 
 def test_mup_scales_by_role_and_fan_in():

@@ -98,6 +98,8 @@ CASES = {
     "norm_mlp no muP raw output, N unknown": (lambda: fresh("norm_mlp", {
         "mup": False, "normalize_output": False, "nominal": 0.5, "hidden_sizes": [16],
         "decays": [0.9], "lr": 3e-3, "output_init_scale": 1.0}), None),
+    "norm_mlp adam_scale, N=100": (lambda: fresh("norm_mlp", {
+        "adam_scale": True, "max_log_scale": 3.0, "output_init_scale": 1.0}), 100),
     "adafactor_mlp fresh": (lambda: fresh("adafactor_mlp", {
         "momentum_decays": [0.5, 0.9], "adafactor_decays": [0.8, 0.99], "rms_decay": 0.99,
         "output_init_scale": 1.0, "step_mult": 0.01}), None),
@@ -124,7 +126,7 @@ def test_torch_matches_jax_over_100_steps(name):
 # non-default options. adafactor_mlp appends the DMD channels as mlp does (ops.mlp's tail).
 DMD_CASES = {
     "mlp": {"hidden_sizes": [8], "decays": [0.5, 0.9, 0.99], "step_mult": 0.01},
-    "norm_mlp": {"hidden_sizes": [8], "weight_decay": 0.01},
+    "norm_mlp": {"hidden_sizes": [8], "weight_decay": 0.01, "adam_scale": True},
     "rnn_mlp": {"hidden_sizes": [8], "lstm_hidden": 8, "lr_init_scale": 1.0, "step_mult": 0.01},
     "lstm": {"hidden_size": 8, "output_scale": 0.03},
 }

@@ -7,18 +7,20 @@ length (0 = unknown), ``lr`` the group's learning rate (default: the config's ``
     a    = (m_0 / (1 - beta1^(t+1))) / (sqrt(v / (1 - beta2^(t+1))) + 1e-8)
     x    = normalize([g, p, m_0.., sqrt(v), a])                 per channel, over the tensor
     tau  = [min(t / N, 1), 1] if N > 0 else [0, 0]
-    d, m = MLP([x, tau, DMD]) - MLP([0, tau, 0])             (DMD channels with dmd_window > 0)
+    r    = sqrt(mean(a^2));   c = [tau, r] if adam_scale else tau
+    d, m = MLP([x, c, DMD]) - MLP([0, c, 0])                 (DMD channels with dmd_window > 0)
     D    = nominal * x_a + d;   D <- NewtonSchulz(D)  (orthogonalize, matrices with both sides > 1)
     u    = D * rsqrt(1e-12 + mean(D^2))                         (normalize_output)
+    u   <- r * u                                                (adam_scale)
     step = lr * s_mup * exp(max_log_scale * tanh(mean(m))) * u * [x_g != 0 somewhere]
            + lr * weight_decay * p                              (ndim >= 2)
 
 with ``s_mup = mup_base_fan_in / prod(shape[:-1])`` for ndim >= 2 (1 otherwise; 1 everywhere
 with ``mup=False``). Read on the haiku layout, ``prod(shape[:-1])`` is a torch ``Linear``'s
 ``in_features`` and a ``Conv2d``'s ``in_channels * kh * kw``; Newton-Schulz orthogonalises
-``(prod(shape[:-1]), shape[-1])``. The first layer of the network takes tau once per tensor
+``(prod(shape[:-1]), shape[-1])``. The first layer of the network takes c once per tensor
 (``ops.mlp``); its value at zero per-parameter (and DMD) inputs is then exactly
-``tau W_tau + b_0``, which is the subtracted ``MLP([0, tau, 0])``'s first pre-activation.
+``c W_c + b_0``, which is the subtracted ``MLP([0, c, 0])``'s first pre-activation.
 """
 from __future__ import annotations
 
@@ -93,19 +95,23 @@ class NormMLPRule(Rule):
         v = ops.ema(st["v"].unsqueeze(-1), g.square(), ops.decay_pair((cfg.beta2,), dev))[..., 0]
         a = (m[..., 0] / c1) / (torch.sqrt(v / c2) + 1e-8)
         x = ops.normalize(ops.stack_channels(g, p, m, torch.sqrt(v), a), cfg.norm_eps)
+        r = torch.sqrt(torch.mean(a.square())) if a.numel() else torch.zeros((), dtype=F32, device=dev)
+        const = torch.cat([tau, r[None]]) if cfg.adam_scale else tau
         st.update(step=t + 1, momenta=m, v=v)
         if p.numel() == 0:
             return torch.zeros_like(p)
 
         mlp = self.theta(dev)["mlp"]
         n_pp = cfg.num_per_parameter
-        bias = ops.first_layer_bias(mlp, tau, n_pp)             # MLP([0, tau, 0])'s first layer
+        bias = ops.first_layer_bias(mlp, const, n_pp)           # MLP([0, c, 0])'s first layer
         out = ops.mlp_rest(mlp, ops.first_layer_rest(mlp, x, tail) + bias) - ops.mlp_rest(mlp, bias)
         d, mm = out[..., 0], out[..., 1]
         D = cfg.nominal * x[..., n_pp - 1] + d
         if cfg.orthogonalize and D.dim() >= 2 and min(mup.fan_in(D.shape), D.shape[-1]) > 1:
             D = newton_schulz(D, cfg.ns_steps)
         u = D * torch.rsqrt(1e-12 + torch.mean(D.square())) if cfg.normalize_output else D
+        if cfg.adam_scale:
+            u = u * r
         live = (torch.sum(x[..., 0].square()) > 0).to(F32)
         mag = torch.exp(cfg.max_log_scale * torch.tanh(torch.mean(mm)))
         scale = mup.step_scale(tuple(p.shape), cfg.mup_base_fan_in) if cfg.mup else 1.0
