@@ -1,0 +1,67 @@
+"""Is a learned optimizer limited by its step size? Final loss at multiples of its learning rate.
+
+For each suite's first tasks, trains the optimizer with every step multiplied by ``k``
+(``optax.chain(tx, optax.scale(k))``, the explicit learning rate of ``norm_mlp``) and prints its
+final training loss divided by the best of Adam's over a log grid (the same task, initialisation
+and batches). A row whose best ratio sits at the largest or smallest ``k`` says the rule wants
+steps it cannot take; a row that is above 1 at every ``k`` says step size is not what limits it
+(e.g. a noise floor that needs annealing).
+
+    python benchmarks/lr_multiples.py general --suite nqm --suite text_rnn --tasks 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+ADAM_GRID = (1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1)
+DEFAULT_SUITES = ("nqm", "quadratic_30d", "text_rnn", "mnist1d_conv", "digits_mlp", "mnist1d_mlp")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", nargs="?", default="general", help="optimizer file or shipped name")
+    p.add_argument("--suite", action="append", help="suites (default: %s)" % ", ".join(DEFAULT_SUITES))
+    p.add_argument("--tasks", type=int, default=2, help="first tasks of each suite")
+    p.add_argument("--mults", type=float, nargs="+", default=[0.3, 1.0, 3.0, 10.0])
+    args = p.parse_args(argv)
+
+    import jax
+    import optax
+
+    import learned_opt
+    from learned_opt import compile_cache
+    from tasks.suites import get_suite
+    from tasks.training import train
+
+    compile_cache.enable()
+    loaded = learned_opt.load(args.checkpoint)
+    print(f"{args.checkpoint}: final training loss / best Adam's over lr {list(ADAM_GRID)}, "
+          f"at step multiples {args.mults}")
+    for name in args.suite or DEFAULT_SUITES:
+        suite = get_suite(name)
+        cfgs, keys = suite.tasks(min(args.tasks, suite.num_tasks))
+        t0 = time.time()
+        for i in range(len(keys)):
+            task = suite.task_family.task(jax.tree.map(lambda x: x[i], cfgs))
+
+            def final(tx):
+                run = jax.jit(lambda k: train(task, tx, k, suite.num_steps).final_loss)
+                return float(run(keys[i]))
+
+            adam = min(final(optax.adam(lr)) for lr in ADAM_GRID)
+            ratios = [final(optax.chain(loaded.as_optax(suite.num_steps), optax.scale(k))) / adam
+                      for k in args.mults]
+            print(f"  {name} task {i}: Adam best {adam:.3g}; ratio "
+                  + "  ".join(f"x{k:g}: {r:.3g}" for k, r in zip(args.mults, ratios))
+                  + f"  ({time.time() - t0:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
