@@ -172,7 +172,8 @@ def cmd_bench(args) -> int:
                                                                 flush=True))
     r = run_bench(args.optimizers or None, args.suite, out_dir=args.out, full=args.full,
                   seeds=args.seeds, max_tasks=args.max_tasks, reps=args.reps, progress=progress,
-                  command=command, baselines=args.baselines, guard=not args.no_guard)
+                  command=command, baselines=args.baselines,
+                  guard=False if args.no_guard else _guards(args.guards))
     print(f"leaderboard -> {r['path']} ({r['wall_s']:.0f} s); IQM speedup over tuned Adam [95% CI]:")
     print("\n".join(summary_lines(r)))
     return 0
@@ -330,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--baselines", type=_baseline_list, default=None,
                    help="comma-separated baselines tuned per task besides Adam, or 'none' "
                         "(default: adamw,momentum,rmsprop,lion,radam)")
+    b.add_argument("--guards", choices=("both", "step", "trajectory"), default="both",
+                   help="guarded versions beside the unguarded one: 'step' the per-step loss guard, "
+                        "'trajectory' the trajectory guard, 'both' (default: %(default)s)")
     b.add_argument("--no-guard", action="store_true",
                    help="only the learned optimizers as they are (skip both guarded versions)")
     b.add_argument("--reps", type=int, default=2000, help="bootstrap replicates (default: %(default)s)")

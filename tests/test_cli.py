@@ -146,6 +146,27 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
     assert_user_error(rc, se, "at least 2 seeds")
 
 
+@pytest.mark.parametrize("argv, want", [((), ("step", "trajectory")),
+                                        (("--guards", "trajectory"), ("trajectory",)),
+                                        (("--guards", "step"), ("step",)),
+                                        (("--guards", "step", "--no-guard"), False)])
+def test_bench_passes_the_chosen_guards(monkeypatch, capsys, argv, want):
+    import meta_train.evaluation.bench as bench
+    from meta_train.cli import main
+    seen = {}
+
+    def fake_run_bench(*args, **kwargs):
+        seen.update(kwargs)
+        return {"path": "x", "wall_s": 0.0, "leaderboard": []}
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    monkeypatch.setattr(bench, "summary_lines", lambda r: [])
+    assert main(["bench", "mlp", "--no-progress", *argv]) == 0
+    assert seen["guard"] == want
+    with pytest.raises(SystemExit):
+        main(["bench", "--guards", "nope"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_missing_tfds_dataset_fails_fast(tmp_path):
     rc, _, se, dt = lopt("train", "--config", "smoke", "--out", str(tmp_path / "m"),
                          "--set", "family=mlp", "--set", 'family_kwargs={"dataset": "mnist"}',
