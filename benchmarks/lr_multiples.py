@@ -2,8 +2,8 @@
 
 For each suite's first tasks, trains the optimizer with every step multiplied by ``k``
 (``optax.chain(tx, optax.scale(k))``, the explicit learning rate of ``norm_mlp``) and prints its
-final training loss divided by the best of Adam's over a log grid (the same task, initialisation
-and batches). A row whose best ratio sits at the largest or smallest ``k`` says the rule wants
+final training loss divided by the best of Adam's over its evaluation grid
+(``learned_opt.baselines.LR_GRIDS["adam"]``; the same task, initialisation and batches). A row whose best ratio sits at the largest or smallest ``k`` says the rule wants
 steps it cannot take; a row that is above 1 at every ``k`` says step size is not what limits it
 (e.g. a noise floor that needs annealing).
 
@@ -19,7 +19,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-ADAM_GRID = (1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1)
 DEFAULT_SUITES = ("nqm", "quadratic_30d", "text_rnn", "mnist1d_conv", "digits_mlp", "mnist1d_mlp")
 
 
@@ -36,12 +35,15 @@ def main(argv=None) -> int:
 
     import learned_opt
     from learned_opt import compile_cache
+    from learned_opt.baselines import LR_GRIDS
     from tasks.suites import get_suite
     from tasks.training import train
 
     compile_cache.enable()
     loaded = learned_opt.load(args.checkpoint)
-    print(f"{args.checkpoint}: final training loss / best Adam's over lr {list(ADAM_GRID)}, "
+    grid = LR_GRIDS["adam"]
+    print(f"{args.checkpoint}: final training loss / best Adam's over lr {grid[0]:g}..{grid[-1]:g} "
+          f"({len(grid)} rates), "
           f"at step multiples {args.mults}")
     for name in args.suite or DEFAULT_SUITES:
         suite = get_suite(name)
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
                 run = jax.jit(lambda k: train(task, tx, k, suite.num_steps).final_loss)
                 return float(run(keys[i]))
 
-            adam = min(final(optax.adam(lr)) for lr in ADAM_GRID)
+            adam = min(final(optax.adam(lr)) for lr in grid)
             ratios = [final(optax.chain(loaded.as_optax(suite.num_steps), optax.scale(k))) / adam
                       for k in args.mults]
             print(f"  {name} task {i}: Adam best {adam:.3g}; ratio "

@@ -225,7 +225,7 @@ class NormMLP(LearnedOptimizer):
             D = mup.newton_schulz(D, cfg.ns_steps)
         u = D * jax.lax.rsqrt(1e-12 + jnp.mean(jnp.square(D))) if cfg.normalize_output else D
         if cfg.adam_scale:
-            u = u * x.reshape(-1, x.shape[-1])[0, cfg.num_per_parameter + NUM_TIME]
+            u = u * x.reshape(-1, x.shape[-1])[0, self.constant_channels()[1] - 1]   # r
         live = (jnp.sum(jnp.square(x[..., 0])) > 0).astype(jnp.float32)
         mag = jnp.exp(cfg.max_log_scale * jnp.tanh(jnp.mean(m)))
         step = (cfg.lr * scale) * mag * live * u
