@@ -156,7 +156,9 @@ def load_theta(path: str, lopt: LearnedOptimizer) -> PyTree:
             f"{path} holds a {header.get('architecture')!r} optimizer, not {lopt.architecture!r}; "
             "use learned_opt.load(path) to rebuild the optimizer it was saved with")
     mine = json.loads(json.dumps(config_to_dict(lopt.config), default=files.json_default))
-    theirs = header.get("config") or {}
+    # the file's config as its architecture reads it (options added since it was saved: defaults)
+    theirs = json.loads(json.dumps(config_to_dict(_optimizer_from_header(path, header).config),
+                                   default=files.json_default))
     diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if diff:
         detail = ", ".join(f"{k}: file {theirs.get(k)!r} vs optimizer {mine.get(k)!r}" for k in diff)

@@ -98,6 +98,9 @@ class TrainConfig:
     meta_optimizer: str = "adam"
     meta_lr: float = 3e-3
     meta_lr_final: float | None = None               # set: cosine decay meta_lr -> this value
+    # Fine-tuning: an optimizer file or shipped name whose theta starts the run instead of a
+    # fresh init (its architecture and config must equal this run's). --resume ignores it.
+    init_from: str = ""
     grad_clip: float = 1.0
     outer_steps: int = 300
     # Logging, evaluation, checkpoints.

@@ -182,7 +182,11 @@ def ship(run_dir: str, name: str, config_name: str, root: str = "checkpoints",
         f"| meta-training | {cfg['estimator'].upper()}, {particles} particles, sigma "
         f"{cfg['sigma']}, meta-optimizer {cfg['meta_optimizer']} lr {cfg['meta_lr']}"
         + (f" -> {cfg['meta_lr_final']} (cosine)" if cfg.get("meta_lr_final") is not None else "")
-        + f", meta-loss: normalised training {'log-loss' if cfg.get('meta_loss') == 'log' else 'loss'} |",
+        + f", meta-loss: normalised training {'log-loss' if cfg.get('meta_loss') == 'log' else 'loss'}"
+        + (" at the end of each episode only (meta_objective final)"
+           if cfg.get("meta_objective") == "final" else "") + " |",
+        *([f"| initialised from | `{cfg['init_from']}` (fine-tuned: the compute below is this run's "
+           "only, not that optimizer's own meta-training) |"] if cfg.get("init_from") else []),
         f"| outer steps | {meta.get('outer_steps', '?')} ({inner:,} inner training steps in all) |",
         f"| wall time | {wall_time_s(records) / 60:.1f} min |",
         f"| hardware | {platform.machine()}, {os.cpu_count()} CPU cores (no accelerator) |",

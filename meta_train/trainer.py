@@ -57,6 +57,21 @@ def periodic_eval_curves(lopt, family, theta, keys, num_steps, guard=None, guard
     return jax.vmap(one)(keys)
 
 
+def initial_theta(config: TrainConfig, lopt) -> PyTree | None:
+    """The meta-parameters named by ``config.init_from`` (a file or shipped name; fine-tuning), as
+    numpy, or None for a fresh init. A file of another architecture or config is one clear error."""
+    if not config.init_from:
+        return None
+    path = learned_opt.shipped.resolve(config.init_from)
+    try:
+        theta = learned_opt.load_theta(path, lopt)
+    except learned_opt.CheckpointError as e:
+        msg, mismatch, _ = str(e).partition("; use learned_opt.load")
+        hint = "; set architecture and lopt_config to the ones it was saved with" if mismatch else ""
+        raise learned_opt.CheckpointError(f"init_from={config.init_from!r}: {msg}{hint}") from None
+    return jax.tree.map(jnp.asarray, theta)
+
+
 class MetaTrainer:
     """Builds the family, optimizer, Unroll, estimator and meta-optimizer from a TrainConfig.
 
@@ -71,6 +86,7 @@ class MetaTrainer:
                          for e in self.entries]
         self.family = self.families[0]
         self.lopt = learned_opt.make(config.architecture, config.lopt_config)
+        self.theta0 = initial_theta(config, self.lopt)
         self.guard = optax.adam(config.guard_lr) if config.guard_lr > 0 else None
         self.unrolls = [learned_optimizer_unroll(
             self.lopt, fam, (config.min_episode_length, config.max_episode_length),
@@ -121,7 +137,7 @@ class MetaTrainer:
     def _init(self) -> TrainState:
         key = jax.random.PRNGKey(self.config.seed)
         k_theta, k_est, key = jax.random.split(key, 3)
-        theta = self.lopt.init(k_theta)
+        theta = self.lopt.init(k_theta) if self.theta0 is None else self.theta0
         return TrainState(jnp.zeros((), jnp.int32), theta, self.meta_opt.init(theta),
                           self.estimator.init(theta, k_est), key)
 

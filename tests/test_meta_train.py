@@ -100,3 +100,54 @@ def test_outer_step_and_evaluation_compile_once():
     tr.evaluate(state.theta)
     assert tr.outer_step._cache_size() == 1
     assert tr.evaluate._cache_size() == 1
+
+
+def test_init_from_starts_meta_training_at_the_files_theta(tmp_path):
+    """Fine-tuning: ``init_from`` (a file or shipped name) replaces the fresh init, the run
+    continues from there, and a file of another config is one clear error naming the option."""
+    import pytest
+    import learned_opt
+    cfg = get_config("smoke")
+    lopt = learned_opt.make(cfg.architecture, cfg.lopt_config)
+    theta = jax.tree.map(lambda x: x + 0.5, lopt.init(jax.random.PRNGKey(7)))   # not a fresh init
+    path = str(tmp_path / "start.npz")
+    learned_opt.save(path, lopt, theta)
+    tr = MetaTrainer(cfg.replace(init_from=path))
+    state = tr.init()
+    for a, b in zip(jax.tree.leaves(state.theta), jax.tree.leaves(theta)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    fresh = MetaTrainer(cfg).init().theta
+    assert any(np.any(np.asarray(a) != np.asarray(b))
+               for a, b in zip(jax.tree.leaves(state.theta), jax.tree.leaves(fresh)))
+    state, metrics = tr.outer_step(state)
+    assert np.isfinite(float(metrics["meta_loss"]))
+    other = str(tmp_path / "other.npz")
+    small = learned_opt.make(cfg.architecture, {"hidden_sizes": [4]})
+    learned_opt.save(other, small, small.init(jax.random.PRNGKey(0)))
+    with pytest.raises(learned_opt.CheckpointError, match=r"init_from=.*hidden_sizes.*lopt_config") as e:
+        MetaTrainer(cfg.replace(init_from=other))
+    assert "\n" not in str(e.value)
+    with pytest.raises(learned_opt.CheckpointError, match="init_from=.*no checkpoint"):
+        MetaTrainer(cfg.replace(init_from=str(tmp_path / "missing.npz")))
+
+
+def test_a_file_saved_before_an_option_existed_loads_with_its_default(tmp_path, monkeypatch):
+    """load_theta compares configs as the architecture reads them: a key missing from an older
+    file's header takes its default (the shipped ``general`` predates ``adam_scale``), while a
+    key that differs is still refused."""
+    import pytest
+    import learned_opt
+    from learned_opt import checkpoint
+    lopt = learned_opt.make("norm_mlp")
+    theta = lopt.init(jax.random.PRNGKey(0))
+    path = str(tmp_path / "old.npz")
+    to_dict = checkpoint.config_to_dict
+    monkeypatch.setattr(checkpoint, "config_to_dict",
+                        lambda c: {k: v for k, v in to_dict(c).items() if k != "adam_scale"})
+    learned_opt.save(path, lopt, theta)
+    monkeypatch.undo()
+    assert "adam_scale" not in learned_opt.read_header(path)["config"]
+    for a, b in zip(jax.tree.leaves(learned_opt.load_theta(path, lopt)), jax.tree.leaves(theta)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(learned_opt.CheckpointError, match="adam_scale"):
+        learned_opt.load_theta(path, learned_opt.make("norm_mlp", {"adam_scale": True}))
