@@ -147,14 +147,18 @@ def load(path: str) -> Loaded:
     return Loaded(lopt, _build_theta(path, header, arrays, lopt), dict(header.get("metadata") or {}))
 
 
-def load_theta(path: str, lopt: LearnedOptimizer) -> PyTree:
-    """Load theta for the given optimizer; its architecture and config must match the file's."""
+def load_theta(path: str, lopt: LearnedOptimizer, same_config: bool = True) -> PyTree:
+    """Load theta for the given optimizer; its architecture and config must match the file's
+    (``same_config=False``: only its architecture and every meta-parameter's shape, e.g. to
+    fine-tune a rule under an option that adds no meta-parameter)."""
     header, arrays = _read(path)
     _check_header(path, header)
     if header.get("architecture") != lopt.architecture:
         raise CheckpointError(
             f"{path} holds a {header.get('architecture')!r} optimizer, not {lopt.architecture!r}; "
             "use learned_opt.load(path) to rebuild the optimizer it was saved with")
+    if not same_config:
+        return _build_theta(path, header, arrays, lopt)
     mine = json.loads(json.dumps(config_to_dict(lopt.config), default=files.json_default))
     # the file's config as its architecture reads it (options added since it was saved: defaults)
     theirs = json.loads(json.dumps(config_to_dict(_optimizer_from_header(path, header).config),

@@ -18,7 +18,8 @@ updated with the current g first:
     u    = D * rsqrt(1e-12 + mean_tensor(D^2))                  normalised output, RMS 1
                                                 (u = D with ``normalize_output=False``)
     u   <- r * u                                (``adam_scale``: the RMS of Adam's own step)
-    step = lr * s_mup * exp(max_log_scale * tanh(mean_tensor(m))) * u * live
+    c_t  = f + (1 - f) (1 + cos(pi tau_0)) / 2 if N > 0 else 1  (f = ``cosine_floor``; 1 = off)
+    step = lr * c_t * s_mup * exp(max_log_scale * tanh(mean_tensor(m))) * u * live
            + lr * weight_decay * p              (decoupled, tensors with ndim >= 2)
     p   <- p - step
 
@@ -27,7 +28,12 @@ updated with the current g first:
 gradient is exactly zero. The per-tensor magnitude ``exp(max_log_scale * tanh(.))`` lies in
 ``[e^-L, e^L]`` and lets the rule anneal with tau; the step's scale is otherwise the explicit
 learning rate ``lr``, so a user can schedule it: ``optax.chain(tx, optax.scale_by_schedule(f))``
-multiplies every step by ``f(count)``.
+multiplies every step by ``f(count)``. ``cosine_floor < 1`` builds such a schedule into the rule
+itself when the run's length is known, a cosine from 1 to ``cosine_floor`` over the run, so that
+meta-training learns the rule *under* the schedule (as Celo2 composes one outside its rule): the
+schedule is defined on the fraction of training, so its annealing reaches any horizon, where the
+bounded magnitude ``e^-L`` alone stalls (20x the meta-training horizon: a plateau at 22x tuned
+Adam's final loss without a schedule, 0.32x with a cosine composed outside; benchmarks/lr_multiples.py).
 
 The time channels tau are the same for every parameter of a tensor: the first layer takes them
 once per tensor (``constant_channels``). ``adam_scale`` gives the step the RMS ``r`` of Adam's
@@ -88,6 +94,7 @@ class NormMLPConfig(LOptConfig):
     normalize_output: bool = True
     max_log_scale: float = 2.0        # per-tensor magnitude in [e^-2, e^2]
     adam_scale: bool = False          # step RMS = RMS of Adam's direction (see the docstring)
+    cosine_floor: float = 1.0         # < 1: cosine decay of the step to this fraction over a known run
     output_init_scale: float = 0.1
     norm_eps: float = 1e-5
     dmd_window: int = 0
@@ -107,6 +114,7 @@ class NormMLPConfig(LOptConfig):
         yield "ns_steps", are_ints((self.ns_steps,)), "a positive int"
         yield "normalize_output", isinstance(self.normalize_output, bool), "true or false"
         yield "adam_scale", isinstance(self.adam_scale, bool), "true or false"
+        yield "cosine_floor", is_real(self.cosine_floor) and 0 <= self.cosine_floor <= 1, "in [0, 1]"
         yield "max_log_scale", is_real(self.max_log_scale) and self.max_log_scale >= 0, ">= 0"
         yield "norm_eps", is_real(self.norm_eps) and self.norm_eps > 0, "positive"
         yield from super().checks()
@@ -132,6 +140,13 @@ def fraction_features(iteration: Array, num_steps: Array) -> Array:
     known = n > 0
     frac = jnp.minimum(jnp.asarray(iteration, jnp.float32) / jnp.maximum(n, 1), 1.0)
     return jnp.where(known, jnp.stack([frac, 1.0]), 0.0).astype(jnp.float32)
+
+
+def cosine_factor(tau: Array, floor: float) -> Array:
+    """``floor + (1 - floor) (1 + cos(pi tau_0)) / 2`` when the run's length is known (``tau_1 = 1``),
+    else 1: the built-in schedule of ``cosine_floor``."""
+    c = floor + (1.0 - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * tau[0]))
+    return jnp.where(tau[1] > 0, c, 1.0)
 
 
 def adam_rms(a: Array) -> Array:
@@ -228,10 +243,13 @@ class NormMLP(LearnedOptimizer):
             u = u * x.reshape(-1, x.shape[-1])[0, self.constant_channels()[1] - 1]   # r
         live = (jnp.sum(jnp.square(x[..., 0])) > 0).astype(jnp.float32)
         mag = jnp.exp(cfg.max_log_scale * jnp.tanh(jnp.mean(m)))
+        if cfg.cosine_floor < 1.0:
+            mag = mag * cosine_factor(x.reshape(-1, x.shape[-1])[0, self.constant_channels()[0]:][:NUM_TIME],
+                                      cfg.cosine_floor)
         step = (cfg.lr * scale) * mag * live * u
         if cfg.weight_decay and jnp.ndim(p) >= 2:
             step = step + cfg.lr * cfg.weight_decay * p.astype(jnp.float32)
         return step
 
 
-__all__ = ["NormMLP", "NormMLPConfig", "NormMLPState", "adam_rms", "fraction_features"]
+__all__ = ["NormMLP", "NormMLPConfig", "NormMLPState", "adam_rms", "cosine_factor", "fraction_features"]

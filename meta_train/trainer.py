@@ -58,13 +58,15 @@ def periodic_eval_curves(lopt, family, theta, keys, num_steps, guard=None, guard
 
 
 def initial_theta(config: TrainConfig, lopt) -> PyTree | None:
-    """The meta-parameters named by ``config.init_from`` (a file or shipped name; fine-tuning), as
-    numpy, or None for a fresh init. A file of another architecture or config is one clear error."""
+    """The meta-parameters named by ``config.init_from`` (a file or shipped name; fine-tuning), or
+    None for a fresh init. The file's architecture and meta-parameter shapes must be this run's
+    (one clear error otherwise); options that change no shape (``cosine_floor``, ``lr``, ...) may
+    differ, so a rule can be fine-tuned under a new one."""
     if not config.init_from:
         return None
     path = learned_opt.shipped.resolve(config.init_from)
     try:
-        theta = learned_opt.load_theta(path, lopt)
+        theta = learned_opt.load_theta(path, lopt, same_config=False)
     except learned_opt.CheckpointError as e:
         msg, mismatch, _ = str(e).partition("; use learned_opt.load")
         hint = "; set architecture and lopt_config to the ones it was saved with" if mismatch else ""

@@ -39,17 +39,20 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     u = D / np.sqrt(1e-12 + np.mean(D ** 2)) if cfg.normalize_output else D
     u = u * r if cfg.adam_scale else u
     mag = np.exp(cfg.max_log_scale * np.tanh(np.mean(mm)))
+    if n > 0:   # the built-in cosine over the run (1 with cosine_floor = 1)
+        mag *= cfg.cosine_floor + (1 - cfg.cosine_floor) * 0.5 * (1 + np.cos(np.pi * min(t / n, 1.0)))
     step = cfg.lr * scale * mag * u * float(np.any(g != 0))
     if np.ndim(p) >= 2:
         step = step + cfg.lr * cfg.weight_decay * np.asarray(p, np.float64)
     return step
 
 
-@pytest.mark.parametrize("n, normalize, adam_scale", [(0, True, False), (8, True, False),
-                                                      (8, False, False), (8, True, True)])
-def test_step_equals_formula(n, normalize, adam_scale):
+@pytest.mark.parametrize("n, normalize, adam_scale, floor", [
+    (0, True, False, 1.0), (8, True, False, 1.0), (8, False, False, 1.0), (8, True, True, 1.0),
+    (3, True, False, 0.1), (0, True, False, 0.1)])
+def test_step_equals_formula(n, normalize, adam_scale, floor):
     cfg = NormMLPConfig(output_init_scale=1.0, weight_decay=0.1, lr=0.01, max_log_scale=1.0,
-                        normalize_output=normalize, adam_scale=adam_scale)
+                        normalize_output=normalize, adam_scale=adam_scale, cosine_floor=floor)
     lopt = NormMLP(cfg)
     theta = jax.device_get(lopt.init(jax.random.PRNGKey(3)))
     state = lopt.opt_init(theta, P, n or None)
@@ -62,6 +65,29 @@ def test_step_equals_formula(n, normalize, adam_scale):
     for k in P:
         want = P[k] - np_norm_mlp_step(theta, [G1[k], G2[k]], P[k], 1, n, cfg, scales[k])
         np.testing.assert_allclose(new_p[k], want, rtol=2e-4, atol=1e-6)
+
+
+def test_cosine_floor_anneals_a_known_run_from_1_to_the_floor():
+    """``cosine_floor``: the zero-network step is lr * c_t * normalised Adam, c_t a cosine from 1
+    (first step) through (1 + f) / 2 (half way) to f (last step); a run of unknown length keeps 1."""
+    from learned_opt.norm_mlp import cosine_factor
+    lopt = NormMLP(NormMLPConfig(mup=False, cosine_floor=0.2, lr=0.01))
+    theta = jax.tree.map(jnp.zeros_like, lopt.init(KEY))
+    params = {"w": jnp.asarray(P["w"])}
+    n = 11
+    for num_steps, want in ((n, [1.0, 0.6, 0.2]), (None, [1.0, 1.0, 1.0])):
+        state = lopt.opt_init(theta, params, num_steps)
+        rms = []
+        for t in range(n):
+            new, state = lopt.opt_update(theta, state, {"w": jnp.asarray(G1["w"])}, params, 0.0, KEY)
+            rms.append(float(jnp.sqrt(jnp.mean(jnp.square(new["w"] - params["w"])))) / 0.01)
+        # t = 0, 5, 10 of 11 steps: tau = 0, 5/11, 10/11
+        expect = [1.0 if num_steps is None else 0.2 + 0.8 * 0.5 * (1 + np.cos(np.pi * k / n))
+                  for k in (0, 5, 10)]
+        np.testing.assert_allclose([rms[0], rms[5], rms[10]], expect, rtol=1e-4)
+    np.testing.assert_allclose(cosine_factor(jnp.array([0.5, 1.0]), 0.2), 0.6, rtol=1e-6)
+    np.testing.assert_allclose(cosine_factor(jnp.array([1.0, 1.0]), 0.2), 0.2, rtol=1e-6)
+    np.testing.assert_allclose(cosine_factor(jnp.array([0.0, 0.0]), 0.2), 1.0)
 
 
 def test_fraction_features():

@@ -12,7 +12,8 @@ length (0 = unknown), ``lr`` the group's learning rate (default: the config's ``
     D    = nominal * x_a + d;   D <- NewtonSchulz(D)  (orthogonalize, matrices with both sides > 1)
     u    = D * rsqrt(1e-12 + mean(D^2))                         (normalize_output)
     u   <- r * u                                                (adam_scale)
-    step = lr * s_mup * exp(max_log_scale * tanh(mean(m))) * u * [x_g != 0 somewhere]
+    c_t  = f + (1 - f) (1 + cos(pi tau_0)) / 2 if N > 0 else 1  (f = cosine_floor)
+    step = lr * c_t * s_mup * exp(max_log_scale * tanh(mean(m))) * u * [x_g != 0 somewhere]
            + lr * weight_decay * p                              (ndim >= 2)
 
 with ``s_mup = mup_base_fan_in / prod(shape[:-1])`` for ndim >= 2 (1 otherwise; 1 everywhere
@@ -114,6 +115,9 @@ class NormMLPRule(Rule):
             u = u * r
         live = (torch.sum(x[..., 0].square()) > 0).to(F32)
         mag = torch.exp(cfg.max_log_scale * torch.tanh(torch.mean(mm)))
+        if cfg.cosine_floor < 1.0 and float(tau[1]) > 0:
+            f = cfg.cosine_floor
+            mag = mag * (f + (1.0 - f) * 0.5 * (1.0 + torch.cos(torch.pi * tau[0])))
         scale = mup.step_scale(tuple(p.shape), cfg.mup_base_fan_in) if cfg.mup else 1.0
         step = (slot.lr * scale) * mag * live * u
         if cfg.weight_decay and p.dim() >= 2:
