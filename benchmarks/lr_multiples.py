@@ -5,9 +5,12 @@ For each suite's first tasks, trains the optimizer with every step multiplied by
 final training loss divided by the best of Adam's over its evaluation grid
 (``learned_opt.baselines.LR_GRIDS["adam"]``; the same task, initialisation and batches). A row whose best ratio sits at the largest or smallest ``k`` says the rule wants
 steps it cannot take; a row that is above 1 at every ``k`` says step size is not what limits it
-(e.g. a noise floor that needs annealing).
+(e.g. a noise floor that needs annealing). ``--cosine`` adds each multiple with a cosine decay
+to 0 over the run composed outside (``optax.scale_by_schedule``): does annealing, rather than
+the step size, limit it (e.g. 20x past its meta-training horizon)?
 
     python benchmarks/lr_multiples.py general --suite nqm --suite text_rnn --tasks 2
+    python benchmarks/lr_multiples.py general --suite mnist1d_mlp_horizon --tasks 1 --mults 0.1 0.3 1 --cosine
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--suite", action="append", help="suites (default: %s)" % ", ".join(DEFAULT_SUITES))
     p.add_argument("--tasks", type=int, default=2, help="first tasks of each suite")
     p.add_argument("--mults", type=float, nargs="+", default=[0.3, 1.0, 3.0, 10.0])
+    p.add_argument("--cosine", action="store_true",
+                   help="also each multiple with a cosine decay to 0 composed outside the rule")
     args = p.parse_args(argv)
 
     import jax
@@ -57,10 +62,13 @@ def main(argv=None) -> int:
                 return float(run(keys[i]))
 
             adam = min(final(optax.adam(lr)) for lr in grid)
-            ratios = [final(optax.chain(loaded.as_optax(suite.num_steps), optax.scale(k))) / adam
-                      for k in args.mults]
+            cos = optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, suite.num_steps))
+            runs = [(f"x{k:g}", [optax.scale(k)]) for k in args.mults]
+            runs += [(f"x{k:g}+cos", [optax.scale(k), cos]) for k in args.mults] if args.cosine else []
+            ratios = [final(optax.chain(loaded.as_optax(suite.num_steps), *extra)) / adam
+                      for _, extra in runs]
             print(f"  {name} task {i}: Adam best {adam:.3g}; ratio "
-                  + "  ".join(f"x{k:g}: {r:.3g}" for k, r in zip(args.mults, ratios))
+                  + "  ".join(f"{label}: {r:.3g}" for (label, _), r in zip(runs, ratios))
                   + f"  ({time.time() - t0:.0f} s)", flush=True)
     return 0
 

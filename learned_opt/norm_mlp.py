@@ -32,8 +32,9 @@ multiplies every step by ``f(count)``. ``cosine_floor < 1`` builds such a schedu
 itself when the run's length is known, a cosine from 1 to ``cosine_floor`` over the run, so that
 meta-training learns the rule *under* the schedule (as Celo2 composes one outside its rule): the
 schedule is defined on the fraction of training, so its annealing reaches any horizon, where the
-bounded magnitude ``e^-L`` alone stalls (20x the meta-training horizon: a plateau at 22x tuned
-Adam's final loss without a schedule, 0.32x with a cosine composed outside; benchmarks/lr_multiples.py).
+bounded magnitude ``e^-L`` alone stalls (at 20x its meta-training horizon the shipped ``general``
+plateaus at 22x tuned Adam's final loss, and ends at 0.32x with a cosine composed outside:
+``benchmarks/lr_multiples.py --cosine``).
 
 The time channels tau are the same for every parameter of a tensor: the first layer takes them
 once per tensor (``constant_channels``). ``adam_scale`` gives the step the RMS ``r`` of Adam's
