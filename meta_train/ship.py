@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 
 import jax
@@ -43,7 +44,8 @@ def reproduce_command(cfg: dict, config_name: str, out: str) -> str:
     base = json.loads(NAMED_CONFIGS[config_name].to_json())    # tuples as JSON lists, like cfg
     def text(v):
         return v if isinstance(v, str) and v.isidentifier() else json.dumps(v, separators=(",", ":"))
-    sets = [f"--set {k}={text(v)}" for k, v in sorted(cfg.items()) if k != "description" and base.get(k) != v]
+    sets = [f"--set {shlex.quote(f'{k}={text(v)}')}" for k, v in sorted(cfg.items())
+            if k != "description" and base.get(k) != v]
     return " ".join(["lopt train --config", config_name, "--out", out, *sets])
 
 

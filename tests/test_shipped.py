@@ -1,5 +1,6 @@
 """Shipped optimizers: load by name, use in a plain optax loop, model cards that reproduce."""
 import json
+import shlex
 import os
 
 import jax
@@ -99,7 +100,7 @@ def test_model_card_command_reproduces_the_config():
         cfg = json.load(open(os.path.join(ROOT, "checkpoints", name, "config.json")))
         card = open(os.path.join(ROOT, "checkpoints", name, "MODEL_CARD.md")).read()
         cmd = next(line for line in card.splitlines() if line.startswith("lopt train --config"))
-        words = cmd.split()
+        words = shlex.split(cmd)   # as a shell reads it
         sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
         rebuilt = get_config(words[words.index("--config") + 1], sets)
         got = {k: v for k, v in json.loads(rebuilt.to_json()).items() if k != "description"}

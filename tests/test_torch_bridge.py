@@ -328,5 +328,6 @@ def test_lr_scales_the_step(name):
 # ------------------------------------------------------------------------------ example
 def test_the_example_trains_with_the_general_optimizer():
     from examples.torch_mlp import main
-    out = main(steps=40, verbose=False)
+    out = main(steps=80, verbose=False)   # measured: 2.31 -> 1.02 (learned), 1.36 (Adam 1e-3)
     assert out["learned"] < 0.7 * out["initial"] and out["adam"] < out["initial"], out
+    assert out["learned"] < out["adam"], out
