@@ -32,7 +32,7 @@ multiplies every step by ``f(count)``. ``cosine_floor < 1`` builds such a schedu
 itself when the run's length is known, a cosine from 1 to ``cosine_floor`` over the run, so that
 meta-training learns the rule *under* the schedule (as Celo2 composes one outside its rule): the
 schedule is defined on the fraction of training, so its annealing reaches any horizon, where the
-bounded magnitude ``e^-L`` alone stalls (at 20x its meta-training horizon the shipped ``general``
+bounded magnitude ``e^-L`` alone stalls (at 20x its meta-training horizon the previous ``general``
 plateaus at 22x tuned Adam's final loss, and ends at 0.32x with a cosine composed outside:
 ``benchmarks/lr_multiples.py --cosine``).
 

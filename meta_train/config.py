@@ -99,7 +99,8 @@ class TrainConfig:
     meta_lr: float = 3e-3
     meta_lr_final: float | None = None               # set: cosine decay meta_lr -> this value
     # Fine-tuning: an optimizer file or shipped name whose theta starts the run instead of a
-    # fresh init (its architecture and config must equal this run's). --resume ignores it.
+    # fresh init (same architecture and meta-parameter shapes). --resume continues from the run's
+    # own checkpoint, not from it (the file must still be readable).
     init_from: str = ""
     grad_clip: float = 1.0
     outer_steps: int = 300
