@@ -41,15 +41,20 @@ def _configs_help() -> str:
     return "\n".join(f"  {name:10s} {cfg.description}" for name, cfg in NAMED_CONFIGS.items())
 
 
+def train_config(args):
+    """The TrainConfig that ``lopt train`` ARGS run: the named config with --set and --estimator."""
+    from meta_train.config import get_config
+    overrides = args.set + ([f"estimator={args.estimator}"] if args.estimator else [])
+    return get_config(args.config, overrides)
+
+
 def cmd_train(args) -> int:
     from learned_opt.errors import LearnedOptError
-    from meta_train.config import get_config
 
     if args.list_configs:
         print(_configs_help())
         return 0
-    overrides = args.set + ([f"estimator={args.estimator}"] if args.estimator else [])
-    cfg = get_config(args.config, overrides)
+    cfg = train_config(args)
     out = args.out or os.path.join("runs", args.config)
     if not args.distributed and (args.coordinator or args.num_processes is not None
                                  or args.process_id is not None):

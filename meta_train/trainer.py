@@ -57,6 +57,11 @@ def periodic_eval_curves(lopt, family, theta, keys, num_steps, guard=None, guard
     return jax.vmap(one)(keys)
 
 
+def make_families(entries) -> list:
+    """Each ``FamilyEntry``'s family, built and wrapped in its augmentation."""
+    return [tasks.augmented(tasks.get_family(e.family, **e.kwargs), **e.augment) for e in entries]
+
+
 def initial_theta(config: TrainConfig, lopt) -> PyTree | None:
     """The meta-parameters named by ``config.init_from`` (a file or shipped name; fine-tuning), or
     None for a fresh init. The file's architecture and meta-parameter shapes must be this run's
@@ -84,8 +89,7 @@ class MetaTrainer:
         self.config = config
         self.mesh = sharding.population_mesh() if mesh is None else mesh
         self.entries = config.family_entries()
-        self.families = [tasks.augmented(tasks.get_family(e.family, **e.kwargs), **e.augment)
-                         for e in self.entries]
+        self.families = make_families(self.entries)
         self.family = self.families[0]
         self.lopt = learned_opt.make(config.architecture, config.lopt_config)
         self.theta0 = initial_theta(config, self.lopt)
