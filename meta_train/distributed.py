@@ -313,6 +313,8 @@ def _stop(what: str) -> None:
     sys.stderr.write(f"lopt: error: distributed: {what}. The last checkpoint in the run directory "
                      "is intact: restart every process with --resume\n")
     sys.stderr.flush()
+    # the runtime's own threads (gRPC) may still log the lost connection: our line stays the last
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     os._exit(PEER_LOST_EXIT)
 
 
