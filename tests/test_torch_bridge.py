@@ -6,7 +6,7 @@ defined once in torch with ``nn.Linear``'s ``(out, in)`` weights and once in JAX
 ``(in, out)``), torch and JAX each compute their own gradients and run 100 steps of their own
 optimizer, and the parameters must agree to ``TOL = 1e-4`` (max abs, float32). Measured on
 this machine (2-core CPU, torch 2.13, jax 0.10.2): mlp 3.6e-7, adafactor_mlp 4.5e-7, rnn_mlp
-6.0e-7, general (norm_mlp, orthogonalised; ``FREE_TOL`` below) 1.2e-4, and 2.3e-7 .. 4.9e-7 for the fresh thetas with non-default
+6.0e-7, general (norm_mlp, orthogonalised, 50 steps; ``FREE_TOL`` below) 6.1e-5, and 2.3e-7 .. 4.9e-7 for the fresh thetas with non-default
 configs below (norm_mlp orthogonalised with weight decay and N = 100 known; norm_mlp without
 muP and output normalisation, N unknown; adafactor_mlp with other decays); the parameters
 move by 0.3 .. 2.5. Also, torch fed JAX's parameters and gradients at every one of the 100
@@ -24,13 +24,8 @@ relative perturbation of the gradient window as torch's differ from JAX's on the
 The shipped ``lstm`` is chaotic on this case: in JAX alone a 1e-6 change of the initial
 weights grows to 0.1 after 100 steps, so float32 rounding differences of 4e-7 at step 1
 grow to 0.027 free-running (measured). For it the free-running comparison runs
-``LSTM_STEPS = 30
-# The shipped general orthogonalises its matrix steps (Newton-Schulz), and on this model its
-# training run amplifies rounding: in JAX alone a 1e-7 relative change of theta moves the
-# parameters after 100 steps by 7.9e-5 (measured); torch vs JAX free-running: 1.0e-6 after 25
-# steps, 2.9e-6 after 50, 1.2e-4 after 100, while every single step agrees to 2.4e-7.
-FREE_TOL = {"general": 5e-4}`` steps (measured 8.0e-6) and the 100-step check is the per-step one
-(measured 1.2e-7).
+``LSTM_STEPS = 30`` steps (measured 8.0e-6) and the 100-step check is the per-step one
+(measured 1.2e-7). The shipped ``general`` is chaotic here as well (``FREE_STEPS`` below).
 
 **Layout.** A conv2d weight ``(out, in, kh, kw)``, a conv1d weight ``(out, in, k)`` and a
 linear weight in torch layout get exactly JAX's update of the haiku tensors
@@ -72,11 +67,14 @@ STEPS = 100
 TOL = 1e-4
 STEP_TOL = 2e-6
 LSTM_STEPS = 30
-# The shipped general orthogonalises its matrix steps (Newton-Schulz), and on this model its
-# training run amplifies rounding: in JAX alone a 1e-7 relative change of theta moves the
-# parameters after 100 steps by 7.9e-5 (measured); torch vs JAX free-running: 1.0e-6 after 25
-# steps, 2.9e-6 after 50, 1.2e-4 after 100, while every single step agrees to 2.4e-7.
+# The shipped general orthogonalises its matrix steps (Newton-Schulz) and, since its magnitude
+# range is e^-3..e^3, takes large steps on this model: its run is chaotic. In JAX alone a 1e-7
+# relative change of theta moves the parameters after 100 steps by 0.11 (measured); torch vs JAX
+# free-running: 3.9e-6 after 25 steps, 6.1e-5 after 50, 0.026 after 100, while every single
+# step of the 100 agrees to 4.8e-7. So its free-running check runs FREE_STEPS steps and the
+# 100-step check is the per-step one.
 FREE_TOL = {"general": 5e-4}
+FREE_STEPS = {"general": 50}
 DMD_TOL = 5e-4
 DMD_STEP_TOL = 5e-5
 
@@ -119,9 +117,13 @@ def _compare(lopt, theta, num_steps=None, steps=STEPS) -> tuple[float, float]:
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_torch_matches_jax_over_100_steps(name):
     make, num_steps = CASES[name]
-    free, forced = _compare(*make(), num_steps)
+    lopt, theta = make()
+    free, forced = _compare(lopt, theta, num_steps, FREE_STEPS.get(name, STEPS))
     assert free <= FREE_TOL.get(name, TOL), (name, free)
     assert forced <= STEP_TOL, (name, forced)
+    if name in FREE_STEPS:   # chaotic free-running: all 100 steps checked one by one
+        assert run_torch_forced(bridged(lopt, theta, num_steps=num_steps),
+                                run_jax(lopt, theta, STEPS, num_steps)) <= STEP_TOL
 
 
 # DMD features on (the project's dmd_window 8, rank 3), fresh visible thetas with other
