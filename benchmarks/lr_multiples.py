@@ -11,10 +11,16 @@ the step size, limit it (e.g. 20x past its meta-training horizon)?
 
     python benchmarks/lr_multiples.py general --suite nqm --suite text_rnn --tasks 2
     python benchmarks/lr_multiples.py general --suite mnist1d_mlp_horizon --tasks 1 --mults 0.1 0.3 1 --cosine
+    python benchmarks/lr_multiples.py general --suite digits_mlp --steps 20000 --mults 0.1 0.3 1
+
+``--steps`` trains a suite's tasks for another number of steps (the optimizer is told it), e.g.
+to find the step multiple a horizon past meta-training wants on tasks no report suite trains
+that long (the check behind ``norm_mlp``'s ``trained_horizon``).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -31,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--suite", action="append", help="suites (default: %s)" % ", ".join(DEFAULT_SUITES))
     p.add_argument("--tasks", type=int, default=2, help="first tasks of each suite")
     p.add_argument("--mults", type=float, nargs="+", default=[0.3, 1.0, 3.0, 10.0])
+    p.add_argument("--steps", type=int, default=None,
+                   help="train each suite's tasks for this many steps (default: the suite's own)")
     p.add_argument("--cosine", action="store_true",
                    help="also each multiple with a cosine decay to 0 composed outside the rule")
     args = p.parse_args(argv)
@@ -52,6 +60,8 @@ def main(argv=None) -> int:
           f"at step multiples {args.mults}")
     for name in args.suite or DEFAULT_SUITES:
         suite = get_suite(name)
+        if args.steps:
+            suite = dataclasses.replace(suite, num_steps=args.steps)
         cfgs, keys = suite.tasks(min(args.tasks, suite.num_tasks))
         t0 = time.time()
         for i in range(len(keys)):
@@ -67,7 +77,7 @@ def main(argv=None) -> int:
             runs += [(f"x{k:g}+cos", [optax.scale(k), cos]) for k in args.mults] if args.cosine else []
             ratios = [final(optax.chain(loaded.as_optax(suite.num_steps), *extra)) / adam
                       for _, extra in runs]
-            print(f"  {name} task {i}: Adam best {adam:.3g}; ratio "
+            print(f"  {name} ({suite.num_steps} steps) task {i}: Adam best {adam:.3g}; ratio "
                   + "  ".join(f"{label}: {r:.3g}" for (label, _), r in zip(runs, ratios))
                   + f"  ({time.time() - t0:.0f} s)", flush=True)
     return 0

@@ -19,7 +19,8 @@ updated with the current g first:
                                                 (u = D with ``normalize_output=False``)
     u   <- r * u                                (``adam_scale``: the RMS of Adam's own step)
     c_t  = f + (1 - f) (1 + cos(pi tau_0)) / 2 if N > 0 else 1  (f = ``cosine_floor``; 1 = off)
-    step = lr * c_t * s_mup * exp(max_log_scale * tanh(mean_tensor(m))) * u * live
+    h_N  = (H / N)^q if 0 < H < N else 1        (H = ``trained_horizon``, q = ``horizon_power``)
+    step = lr * h_N * c_t * s_mup * exp(max_log_scale * tanh(mean_tensor(m))) * u * live
            + lr * weight_decay * p              (decoupled, tensors with ndim >= 2)
     p   <- p - step
 
@@ -35,6 +36,13 @@ schedule is defined on the fraction of training, so its annealing reaches any ho
 bounded magnitude ``e^-L`` alone stalls (at 20x its meta-training horizon the previous ``general``
 plateaus at 22x tuned Adam's final loss, and ends at 0.32x with a cosine composed outside:
 ``benchmarks/lr_multiples.py --cosine``).
+
+``trained_horizon`` (0 = off) extrapolates past the longest episode meta-training showed the
+rule: tau only says how far through a run it is, so a run 10x longer than any it was trained on
+gets the same steps 10x as many times. Longer runs want smaller steps (for SGD on convex
+Lipschitz problems the best constant step of a T-step run falls as 1/sqrt(T), q = 1/2), so a
+known horizon N > H shrinks every step by (H / N)^q; runs no longer than H (meta-training's own
+episodes among them) are unchanged, so setting it does not change what meta-training sees.
 
 The time channels tau are the same for every parameter of a tensor: the first layer takes them
 once per tensor (``constant_channels``). ``adam_scale`` gives the step the RMS ``r`` of Adam's
@@ -96,6 +104,8 @@ class NormMLPConfig(LOptConfig):
     max_log_scale: float = 2.0        # per-tensor magnitude in [e^-2, e^2]
     adam_scale: bool = False          # step RMS = RMS of Adam's direction (see the docstring)
     cosine_floor: float = 1.0         # < 1: cosine decay of the step to this fraction over a known run
+    trained_horizon: int = 0          # > 0: steps of known runs longer than this shrink by (H/N)^q
+    horizon_power: float = 0.5        # q
     output_init_scale: float = 0.1
     norm_eps: float = 1e-5
     dmd_window: int = 0
@@ -116,6 +126,9 @@ class NormMLPConfig(LOptConfig):
         yield "normalize_output", isinstance(self.normalize_output, bool), "true or false"
         yield "adam_scale", isinstance(self.adam_scale, bool), "true or false"
         yield "cosine_floor", is_real(self.cosine_floor) and 0 <= self.cosine_floor <= 1, "in [0, 1]"
+        yield "trained_horizon", isinstance(self.trained_horizon, int) and not isinstance(
+            self.trained_horizon, bool) and self.trained_horizon >= 0, "an int >= 0 (0 = off)"
+        yield "horizon_power", is_real(self.horizon_power) and self.horizon_power >= 0, ">= 0"
         yield "max_log_scale", is_real(self.max_log_scale) and self.max_log_scale >= 0, ">= 0"
         yield "norm_eps", is_real(self.norm_eps) and self.norm_eps > 0, "positive"
         yield from super().checks()
@@ -148,6 +161,15 @@ def cosine_factor(tau: Array, floor: float) -> Array:
     else 1: the built-in schedule of ``cosine_floor``."""
     c = floor + (1.0 - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * tau[0]))
     return jnp.where(tau[1] > 0, c, 1.0)
+
+
+def horizon_factor(num_steps: Array, trained_horizon: int, power: float) -> Array:
+    """``(H / N)^q`` for a known run longer than ``H = trained_horizon > 0``, else 1."""
+    n = jnp.asarray(num_steps, jnp.float32)
+    if trained_horizon <= 0:
+        return jnp.ones((), jnp.float32)
+    longer = n > trained_horizon
+    return jnp.where(longer, (trained_horizon / jnp.maximum(n, 1.0)) ** power, 1.0).astype(jnp.float32)
 
 
 def adam_rms(a: Array) -> Array:
@@ -214,7 +236,8 @@ class NormMLP(LearnedOptimizer):
         p_leaves = jax.tree.leaves(params)
         scales = (mup.step_scales(params, cfg.mup_base_fan_in) if cfg.mup
                   else [1.0] * len(p_leaves))
-        steps = [self.tensor_step(theta, x, p, s) for x, p, s in zip(leaves, p_leaves, scales)]
+        h = horizon_factor(state.num_steps, cfg.trained_horizon, cfg.horizon_power)
+        steps = [self.tensor_step(theta, x, p, s * h) for x, p, s in zip(leaves, p_leaves, scales)]
         return jax.tree.unflatten(treedef, steps), state
 
     def network(self, theta, inputs: Array) -> tuple[Array, Array]:
@@ -229,8 +252,9 @@ class NormMLP(LearnedOptimizer):
         out = out - apply_mlp(theta["mlp"], zero)[0]
         return out[..., 0], out[..., 1]
 
-    def tensor_step(self, theta, x: Array, p: Array, scale: float) -> Array:
-        """The step of one tensor (subtracted from p), see the module docstring."""
+    def tensor_step(self, theta, x: Array, p: Array, scale) -> Array:
+        """The step of one tensor (subtracted from p), see the module docstring; ``scale`` is
+        ``s_mup * h_N``."""
         cfg = self.config
         if x.size == 0:
             return jnp.zeros(jnp.shape(p), jnp.float32)
@@ -253,4 +277,5 @@ class NormMLP(LearnedOptimizer):
         return step
 
 
-__all__ = ["NormMLP", "NormMLPConfig", "NormMLPState", "adam_rms", "cosine_factor", "fraction_features"]
+__all__ = ["NormMLP", "NormMLPConfig", "NormMLPState", "adam_rms", "cosine_factor", "fraction_features",
+           "horizon_factor"]

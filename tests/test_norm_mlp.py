@@ -41,18 +41,22 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     mag = np.exp(cfg.max_log_scale * np.tanh(np.mean(mm)))
     if n > 0:   # the built-in cosine over the run (1 with cosine_floor = 1)
         mag *= cfg.cosine_floor + (1 - cfg.cosine_floor) * 0.5 * (1 + np.cos(np.pi * min(t / n, 1.0)))
+    if 0 < cfg.trained_horizon < n:   # past the meta-training horizon: (H / N)^q
+        mag *= (cfg.trained_horizon / n) ** cfg.horizon_power
     step = cfg.lr * scale * mag * u * float(np.any(g != 0))
     if np.ndim(p) >= 2:
         step = step + cfg.lr * cfg.weight_decay * np.asarray(p, np.float64)
     return step
 
 
-@pytest.mark.parametrize("n, normalize, adam_scale, floor", [
-    (0, True, False, 1.0), (8, True, False, 1.0), (8, False, False, 1.0), (8, True, True, 1.0),
-    (3, True, False, 0.1), (0, True, False, 0.1)])
-def test_step_equals_formula(n, normalize, adam_scale, floor):
+@pytest.mark.parametrize("n, normalize, adam_scale, floor, horizon", [
+    (0, True, False, 1.0, 0), (8, True, False, 1.0, 0), (8, False, False, 1.0, 0),
+    (8, True, True, 1.0, 0), (3, True, False, 0.1, 0), (0, True, False, 0.1, 0),
+    (8, True, False, 0.1, 2), (8, True, False, 1.0, 8), (0, True, False, 1.0, 2)])
+def test_step_equals_formula(n, normalize, adam_scale, floor, horizon):
     cfg = NormMLPConfig(output_init_scale=1.0, weight_decay=0.1, lr=0.01, max_log_scale=1.0,
-                        normalize_output=normalize, adam_scale=adam_scale, cosine_floor=floor)
+                        normalize_output=normalize, adam_scale=adam_scale, cosine_floor=floor,
+                        trained_horizon=horizon, horizon_power=0.7)
     lopt = NormMLP(cfg)
     theta = jax.device_get(lopt.init(jax.random.PRNGKey(3)))
     state = lopt.opt_init(theta, P, n or None)
@@ -88,6 +92,25 @@ def test_cosine_floor_anneals_a_known_run_from_1_to_the_floor():
     np.testing.assert_allclose(cosine_factor(jnp.array([0.5, 1.0]), 0.2), 0.6, rtol=1e-6)
     np.testing.assert_allclose(cosine_factor(jnp.array([1.0, 1.0]), 0.2), 0.2, rtol=1e-6)
     np.testing.assert_allclose(cosine_factor(jnp.array([0.0, 0.0]), 0.2), 1.0)
+
+
+def test_horizon_factor_shrinks_only_runs_longer_than_the_trained_horizon():
+    """``trained_horizon``: a known run of N > H steps takes every step times (H / N)^q; runs of
+    at most H steps, runs of unknown length and H = 0 are unchanged."""
+    from learned_opt.norm_mlp import horizon_factor
+    np.testing.assert_allclose(horizon_factor(20000, 2000, 0.5), 10 ** -0.5, rtol=1e-6)
+    np.testing.assert_allclose(horizon_factor(8000, 2000, 1.0), 0.25, rtol=1e-6)
+    for n, h in ((2000, 2000), (100, 2000), (0, 2000), (20000, 0)):
+        assert float(horizon_factor(n, h, 0.5)) == 1.0
+    lopt = NormMLP(NormMLPConfig(mup=False, lr=0.01, trained_horizon=10, horizon_power=0.5))
+    theta = jax.tree.map(jnp.zeros_like, lopt.init(KEY))
+    params = {"w": jnp.asarray(P["w"])}
+    rms = {}
+    for n in (None, 10, 40):
+        new, _ = lopt.opt_update(theta, lopt.opt_init(theta, params, n), {"w": jnp.asarray(G1["w"])},
+                                 params, 0.0, KEY)
+        rms[n] = float(jnp.sqrt(jnp.mean(jnp.square(new["w"] - params["w"])))) / 0.01
+    np.testing.assert_allclose([rms[None], rms[10], rms[40]], [1.0, 1.0, 0.5], rtol=1e-4)
 
 
 def test_fraction_features():
@@ -191,6 +214,7 @@ def test_learning_rate_schedule_composes_through_optax():
 
 
 def test_config_errors():
-    for bad in ({"beta1": 1.0}, {"lr": -1.0}, {"mup": "yes"}, {"weight_decay": float("nan")}):
+    for bad in ({"beta1": 1.0}, {"lr": -1.0}, {"mup": "yes"}, {"weight_decay": float("nan")},
+                {"trained_horizon": 2.5}, {"horizon_power": -1.0}):
         with pytest.raises(learned_opt.LearnedOptError, match=list(bad)[0]):
             learned_opt.make("norm_mlp", bad)

@@ -96,8 +96,9 @@ CASES = {
     "norm_mlp no muP raw output, N unknown": (lambda: fresh("norm_mlp", {
         "mup": False, "normalize_output": False, "nominal": 0.5, "hidden_sizes": [16],
         "decays": [0.9], "lr": 3e-3, "output_init_scale": 1.0}), None),
-    "norm_mlp cosine_floor, N=100": (lambda: fresh("norm_mlp", {
-        "cosine_floor": 0.1, "orthogonalize": True, "output_init_scale": 1.0}), 100),
+    "norm_mlp cosine_floor trained_horizon, N=100": (lambda: fresh("norm_mlp", {
+        "cosine_floor": 0.1, "orthogonalize": True, "output_init_scale": 1.0,
+        "trained_horizon": 30, "horizon_power": 0.7}), 100),
     "norm_mlp adam_scale, N=100": (lambda: fresh("norm_mlp", {
         "adam_scale": True, "max_log_scale": 3.0, "output_init_scale": 1.0}), 100),
     "adafactor_mlp fresh": (lambda: fresh("adafactor_mlp", {

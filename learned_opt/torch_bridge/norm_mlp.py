@@ -13,7 +13,8 @@ length (0 = unknown), ``lr`` the group's learning rate (default: the config's ``
     u    = D * rsqrt(1e-12 + mean(D^2))                         (normalize_output)
     u   <- r * u                                                (adam_scale)
     c_t  = f + (1 - f) (1 + cos(pi tau_0)) / 2 if N > 0 else 1  (f = cosine_floor)
-    step = lr * c_t * s_mup * exp(max_log_scale * tanh(mean(m))) * u * [x_g != 0 somewhere]
+    h_N  = (H / N)^q if 0 < H < N else 1        (H = trained_horizon, q = horizon_power)
+    step = lr * h_N * c_t * s_mup * exp(max_log_scale * tanh(mean(m))) * u * [x_g != 0 somewhere]
            + lr * weight_decay * p                              (ndim >= 2)
 
 with ``s_mup = mup_base_fan_in / prod(shape[:-1])`` for ndim >= 2 (1 otherwise; 1 everywhere
@@ -119,6 +120,9 @@ class NormMLPRule(Rule):
             f = cfg.cosine_floor
             mag = mag * (f + (1.0 - f) * 0.5 * (1.0 + torch.cos(torch.pi * tau[0])))
         scale = mup.step_scale(tuple(p.shape), cfg.mup_base_fan_in) if cfg.mup else 1.0
+        H, n = cfg.trained_horizon, slot.num_steps
+        if 0 < H < n:
+            scale = scale * float(torch.pow(torch.tensor(H / n, dtype=F32), cfg.horizon_power))
         step = (slot.lr * scale) * mag * live * u
         if cfg.weight_decay and p.dim() >= 2:
             step = step + slot.lr * cfg.weight_decay * p
