@@ -75,9 +75,12 @@ def main(argv=None) -> int:
             cos = optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, suite.num_steps))
             runs = [(f"x{k:g}", [optax.scale(k)]) for k in args.mults]
             runs += [(f"x{k:g}+cos", [optax.scale(k), cos]) for k in args.mults] if args.cosine else []
-            ratios = [final(optax.chain(loaded.as_optax(suite.num_steps), *extra)) / adam
+            finals = [final(optax.chain(loaded.as_optax(suite.num_steps), *extra))
                       for _, extra in runs]
-            print(f"  {name} ({suite.num_steps} steps) task {i}: Adam best {adam:.3g}; ratio "
+            # a task Adam fits exactly (loss 0, e.g. a small dataset memorised) has no ratio
+            ratios, what = ((finals, "loss") if adam <= 0 else
+                            ([f / adam for f in finals], "ratio"))
+            print(f"  {name} ({suite.num_steps} steps) task {i}: Adam best {adam:.3g}; {what} "
                   + "  ".join(f"{label}: {r:.3g}" for (label, _), r in zip(runs, ratios))
                   + f"  ({time.time() - t0:.0f} s)", flush=True)
     return 0
