@@ -104,7 +104,8 @@ class NormMLPConfig(LOptConfig):
     max_log_scale: float = 2.0        # per-tensor magnitude in [e^-2, e^2]
     adam_scale: bool = False          # step RMS = RMS of Adam's direction (see the docstring)
     cosine_floor: float = 1.0         # < 1: cosine decay of the step to this fraction over a known run
-    trained_horizon: int = 0          # > 0: steps of known runs longer than this shrink by (H/N)^q
+    trained_horizon: int = 0          # > 0: steps of known runs longer than this shrink by (H/N)^q;
+                                      # set it to meta-training's max_episode_length
     horizon_power: float = 0.5        # q
     output_init_scale: float = 0.1
     norm_eps: float = 1e-5

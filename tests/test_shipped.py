@@ -94,6 +94,27 @@ def test_general_optimizer_trains_a_kind_of_task_it_never_saw():
     assert finals["general"] < finals["adam"], finals
 
 
+def test_general_extrapolates_from_its_own_longest_episode():
+    """The shipped general shrinks the steps of runs longer than any it was meta-trained on, from
+    exactly that length: trained_horizon = the run's max_episode_length, and a run of that
+    length or shorter takes the same steps as with the option off."""
+    import dataclasses
+    lopt, theta, meta = learned_opt.load("general")
+    H = meta["train_config"]["max_episode_length"]
+    assert lopt.config.trained_horizon == H == 2000
+    off = type(lopt)(dataclasses.replace(lopt.config, trained_horizon=0))
+    params = {"w": jnp.full((4, 3), 0.5), "b": jnp.zeros(3)}
+    grads = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3), "b": jnp.ones(3)}
+    step = {}
+    for n in (H, 4 * H):
+        for label, lo in (("on", lopt), ("off", off)):
+            new, _ = lo.opt_update(theta, lo.opt_init(theta, params, n), grads, params, 0.0,
+                                   jax.random.PRNGKey(0))
+            step[label, n] = np.asarray(new["w"] - params["w"])
+    np.testing.assert_array_equal(step["on", H], step["off", H])
+    np.testing.assert_allclose(step["on", 4 * H], 0.5 * step["off", 4 * H], rtol=1e-5)
+
+
 def test_model_card_command_reproduces_the_config():
     """The reproduce command's --set overrides rebuild the shipped run's config exactly."""
     for name in sorted(ARCHITECTURES | {"general"}):
