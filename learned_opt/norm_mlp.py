@@ -164,11 +164,12 @@ def cosine_factor(tau: Array, floor: float) -> Array:
     return jnp.where(tau[1] > 0, c, 1.0)
 
 
-def horizon_factor(num_steps: Array, trained_horizon: int, power: float) -> Array:
-    """``(H / N)^q`` for a known run longer than ``H = trained_horizon > 0``, else 1."""
+def horizon_factor(num_steps: Array, trained_horizon: int, power: float) -> Array | float:
+    """``(H / N)^q`` for a known run longer than ``H = trained_horizon > 0``, else 1 (the Python
+    float 1.0 when ``H = 0``, so that the step is computed exactly as without the option)."""
     n = jnp.asarray(num_steps, jnp.float32)
     if trained_horizon <= 0:
-        return jnp.ones((), jnp.float32)
+        return 1.0
     longer = n > trained_horizon
     return jnp.where(longer, (trained_horizon / jnp.maximum(n, 1.0)) ** power, 1.0).astype(jnp.float32)
 
@@ -238,7 +239,7 @@ class NormMLP(LearnedOptimizer):
         scales = (mup.step_scales(params, cfg.mup_base_fan_in) if cfg.mup
                   else [1.0] * len(p_leaves))
         h = horizon_factor(state.num_steps, cfg.trained_horizon, cfg.horizon_power)
-        steps = [self.tensor_step(theta, x, p, s * h) for x, p, s in zip(leaves, p_leaves, scales)]
+        steps = [self.tensor_step(theta, x, p, s, h) for x, p, s in zip(leaves, p_leaves, scales)]
         return jax.tree.unflatten(treedef, steps), state
 
     def network(self, theta, inputs: Array) -> tuple[Array, Array]:
@@ -253,9 +254,9 @@ class NormMLP(LearnedOptimizer):
         out = out - apply_mlp(theta["mlp"], zero)[0]
         return out[..., 0], out[..., 1]
 
-    def tensor_step(self, theta, x: Array, p: Array, scale) -> Array:
+    def tensor_step(self, theta, x: Array, p: Array, scale: float, horizon=1.0) -> Array:
         """The step of one tensor (subtracted from p), see the module docstring; ``scale`` is
-        ``s_mup * h_N``."""
+        ``s_mup``, ``horizon`` is ``h_N`` (a run no longer than H multiplies by exactly 1)."""
         cfg = self.config
         if x.size == 0:
             return jnp.zeros(jnp.shape(p), jnp.float32)
@@ -272,7 +273,7 @@ class NormMLP(LearnedOptimizer):
         if cfg.cosine_floor < 1.0:
             mag = mag * cosine_factor(x.reshape(-1, x.shape[-1])[0, self.constant_channels()[0]:][:NUM_TIME],
                                       cfg.cosine_floor)
-        step = (cfg.lr * scale) * mag * live * u
+        step = ((cfg.lr * scale) * horizon) * mag * live * u
         if cfg.weight_decay and jnp.ndim(p) >= 2:
             step = step + cfg.lr * cfg.weight_decay * p.astype(jnp.float32)
         return step

@@ -121,9 +121,9 @@ class NormMLPRule(Rule):
             mag = mag * (f + (1.0 - f) * 0.5 * (1.0 + torch.cos(torch.pi * tau[0])))
         scale = mup.step_scale(tuple(p.shape), cfg.mup_base_fan_in) if cfg.mup else 1.0
         H, n = cfg.trained_horizon, slot.num_steps
-        if 0 < H < n:
-            scale = scale * float(torch.pow(torch.tensor(H / n, dtype=F32), cfg.horizon_power))
-        step = (slot.lr * scale) * mag * live * u
+        horizon = (torch.pow(torch.tensor(H, dtype=F32) / torch.tensor(n, dtype=F32), cfg.horizon_power)
+                   if 0 < H < n else 1.0)
+        step = ((slot.lr * scale) * horizon) * mag * live * u
         if cfg.weight_decay and p.dim() >= 2:
             step = step + slot.lr * cfg.weight_decay * p
         return step
