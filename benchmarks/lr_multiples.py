@@ -11,7 +11,7 @@ the step size, limit it (e.g. 20x past its meta-training horizon)?
 
     python benchmarks/lr_multiples.py general --suite nqm --suite text_rnn --tasks 2
     python benchmarks/lr_multiples.py general --suite mnist1d_mlp_horizon --tasks 1 --mults 0.1 0.3 1 --cosine
-    python benchmarks/lr_multiples.py general --suite digits_mlp --steps 20000 --mults 0.1 0.3 1
+    python benchmarks/lr_multiples.py general --suite mnist1d_conv --steps 20000 --mults 0.1 0.316 1
 
 ``--steps`` trains a suite's tasks for another number of steps (the optimizer is told it), e.g.
 to find the step multiple a horizon past meta-training wants on tasks no report suite trains

@@ -167,9 +167,9 @@ def cosine_factor(tau: Array, floor: float) -> Array:
 def horizon_factor(num_steps: Array, trained_horizon: int, power: float) -> Array | float:
     """``(H / N)^q`` for a known run longer than ``H = trained_horizon > 0``, else 1 (the Python
     float 1.0 when ``H = 0``, so that the step is computed exactly as without the option)."""
-    n = jnp.asarray(num_steps, jnp.float32)
     if trained_horizon <= 0:
         return 1.0
+    n = jnp.asarray(num_steps, jnp.float32)
     longer = n > trained_horizon
     return jnp.where(longer, (trained_horizon / jnp.maximum(n, 1.0)) ** power, 1.0).astype(jnp.float32)
 
