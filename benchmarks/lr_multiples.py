@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--mults", type=float, nargs="+", default=[0.3, 1.0, 3.0, 10.0])
     p.add_argument("--steps", type=int, default=None,
                    help="train each suite's tasks for this many steps (default: the suite's own)")
+    p.add_argument("--lopt-config", default=None, metavar="JSON",
+                   help="override fields of the optimizer's config, e.g. '{\"trained_horizon\": 0}' "
+                        "(the same meta-parameters without the horizon factor)")
     p.add_argument("--cosine", action="store_true",
                    help="also each multiple with a cosine decay to 0 composed outside the rule")
     args = p.parse_args(argv)
@@ -54,6 +57,13 @@ def main(argv=None) -> int:
 
     compile_cache.enable()
     loaded = learned_opt.load(args.checkpoint)
+    if args.lopt_config:
+        import json
+        try:
+            cfg = {**dataclasses.asdict(loaded.lopt.config), **json.loads(args.lopt_config)}
+            loaded = loaded._replace(lopt=learned_opt.make(loaded.lopt.architecture, cfg))
+        except (ValueError, TypeError, learned_opt.LearnedOptError) as e:
+            p.error(f"--lopt-config: {str(e).splitlines()[0]}")
     grid = LR_GRIDS["adam"]
     print(f"{args.checkpoint}: final training loss / best Adam's over lr {grid[0]:g}..{grid[-1]:g} "
           f"({len(grid)} rates), "
