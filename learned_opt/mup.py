@@ -18,6 +18,13 @@ muLO applies it to learned optimizers). For a tensor of shape ``(..., fan_out)``
 matrix. For hidden and output layers that is the table above; for the input layer it is
 ``n0 / d_in``, constant in the width (what muP asks), though not 1.
 
+**Roles by name** (:func:`roles_by_name`): a rule that sees only shapes takes an embedding
+table ``(vocab, d)`` for a matrix of fan-in ``vocab``, but its input is one-hot: each row is
+a token's input weights, fan-in 1, role ``input`` (``s = 1``). A tensor is named an input when
+a key on its parameter path contains one of the given strings (``"embed"``: this project's
+``params["embed"]["w"]``, haiku's ``hk.Embed`` ``"embeddings"``); every other tensor keeps
+its role by shape (``vector`` for ``ndim < 2``, else ``hidden``).
+
 **Newton-Schulz** (as in Muon): the orthogonal factor ``U V^T`` of a matrix ``G = U S V^T``,
 approximately, by 5 iterations of the quintic ``X <- a X + b (X X^T) X + c (X X^T)^2 X`` with
 ``(a, b, c) = (3.4445, -4.7750, 2.0315)`` from ``X_0 = G / (||G||_F + 1e-7)`` (on the transpose
@@ -48,15 +55,33 @@ def step_scale(shape: Sequence[int], base_fan_in: float, role: str | None = None
     """The muP multiplier ``s`` of one tensor (see the module docstring)."""
     if role is not None and role not in ROLES:
         raise LearnedOptError(f"muP role must be one of {ROLES}, got {role!r}")
-    role = role or ("vector" if len(shape) < 2 else "hidden")
+    role = role or shape_role(shape)
     if role in ("vector", "input") or len(shape) < 2:
         return 1.0
     return float(base_fan_in) / fan_in(shape)
 
 
+def shape_role(shape: Sequence[int]) -> str:
+    """The role a tensor gets from its shape alone: ``vector`` (ndim < 2) or ``hidden``."""
+    return "vector" if len(shape) < 2 else "hidden"
+
+
+def roles_by_name(params: PyTree, input_names: Sequence[str]) -> list[str]:
+    """The role of every leaf of ``params`` (``jax.tree.leaves`` order): ``input`` where a key
+    on its path contains one of ``input_names`` (case-insensitive), else :func:`shape_role`."""
+    names = tuple(n.lower() for n in input_names)
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))).lower() for k in path]
+        hit = any(n in k for n in names for k in keys)
+        out.append("input" if hit else shape_role(jnp.shape(leaf)))
+    return out
+
+
 def step_scales(params: PyTree, base_fan_in: float, roles: PyTree | None = None) -> list[float]:
-    """``s`` for every leaf of ``params`` (``jax.tree.leaves`` order); ``roles``: None, or a
-    tree like ``params`` with a role name at each leaf."""
+    """``s`` for every leaf of ``params`` (``jax.tree.leaves`` order); ``roles``: None, a
+    list of role names in that order (:func:`roles_by_name`), or a tree like ``params`` with a
+    role name at each leaf."""
     leaves = jax.tree.leaves(params)
     names = [None] * len(leaves) if roles is None else jax.tree.leaves(roles)
     if len(names) != len(leaves):
@@ -84,4 +109,5 @@ def newton_schulz(g: jax.Array, steps: int = 5, eps: float = 1e-7) -> jax.Array:
     return x.reshape(shape)
 
 
-__all__ = ["ROLES", "NS_COEFFS", "fan_in", "step_scale", "step_scales", "newton_schulz"]
+__all__ = ["ROLES", "NS_COEFFS", "fan_in", "shape_role", "roles_by_name", "step_scale", "step_scales",
+           "newton_schulz"]

@@ -14,7 +14,7 @@ updated with the current g first:
     c    = [tau, r] if adam_scale else tau                      the same for the whole tensor
     d, m = MLP([x, c]) - MLP([0, c])                            zero inputs give a zero step
     D    = nominal * a_n + d                    (a_n: the normalised channel a; nominal Adam term)
-    D   <- NewtonSchulz(D)                      (``orthogonalize``, matrices only)
+    D   <- NewtonSchulz(D)                      (``orthogonalize``, matrices, not input weights)
     u    = D * rsqrt(1e-12 + mean_tensor(D^2))                  normalised output, RMS 1
                                                 (u = D with ``normalize_output=False``)
     u   <- r * u                                (``adam_scale``: the RMS of Adam's own step)
@@ -25,7 +25,11 @@ updated with the current g first:
     p   <- p - step
 
 ``s_mup = mup_base_fan_in / fan_in`` for tensors with ndim >= 2 and 1 for vectors
-(``learned_opt.mup``; 1 everywhere with ``mup=False``). ``live`` is 0 for a tensor whose
+(``learned_opt.mup``; 1 everywhere with ``mup=False``). ``input_names`` (default none) names
+input weights: a tensor with a key on its parameter path containing one of these strings
+(``("embed",)``: embedding tables) takes muP's input role, ``s_mup = 1``, and is never
+orthogonalised (as Muon leaves embeddings to Adam): a lookup table's input is one-hot, so
+its fan-in is 1, not the vocabulary that its shape would give. ``live`` is 0 for a tensor whose
 gradient is exactly zero. The per-tensor magnitude ``exp(max_log_scale * tanh(.))`` lies in
 ``[e^-L, e^L]`` and lets the rule anneal with tau; the step's scale is otherwise the explicit
 learning rate ``lr``, so a user can schedule it: ``optax.chain(tx, optax.scale_by_schedule(f))``
@@ -100,6 +104,7 @@ class NormMLPConfig(LOptConfig):
     mup_base_fan_in: float = 32.0
     orthogonalize: bool = False
     ns_steps: int = 5
+    input_names: tuple[str, ...] = ()   # tensors named so are input weights (muP role "input")
     normalize_output: bool = True
     max_log_scale: float = 2.0        # per-tensor magnitude in [e^-2, e^2]
     adam_scale: bool = False          # step RMS = RMS of Adam's direction (see the docstring)
@@ -124,6 +129,8 @@ class NormMLPConfig(LOptConfig):
         yield "mup_base_fan_in", is_real(self.mup_base_fan_in) and self.mup_base_fan_in > 0, "positive"
         yield "orthogonalize", isinstance(self.orthogonalize, bool), "true or false"
         yield "ns_steps", are_ints((self.ns_steps,)), "a positive int"
+        yield "input_names", isinstance(self.input_names, tuple) and all(
+            isinstance(n, str) and n for n in self.input_names), "a tuple of non-empty strings"
         yield "normalize_output", isinstance(self.normalize_output, bool), "true or false"
         yield "adam_scale", isinstance(self.adam_scale, bool), "true or false"
         yield "cosine_floor", is_real(self.cosine_floor) and 0 <= self.cosine_floor <= 1, "in [0, 1]"
@@ -236,10 +243,12 @@ class NormMLP(LearnedOptimizer):
         cfg = self.config
         leaves, treedef = jax.tree.flatten(inputs)
         p_leaves = jax.tree.leaves(params)
-        scales = (mup.step_scales(params, cfg.mup_base_fan_in) if cfg.mup
+        roles = mup.roles_by_name(params, cfg.input_names)
+        scales = (mup.step_scales(params, cfg.mup_base_fan_in, roles) if cfg.mup
                   else [1.0] * len(p_leaves))
         h = horizon_factor(state.num_steps, cfg.trained_horizon, cfg.horizon_power)
-        steps = [self.tensor_step(theta, x, p, s, h) for x, p, s in zip(leaves, p_leaves, scales)]
+        steps = [self.tensor_step(theta, x, p, s, h, orthogonalize=r != "input")
+                 for x, p, s, r in zip(leaves, p_leaves, scales, roles)]
         return jax.tree.unflatten(treedef, steps), state
 
     def network(self, theta, inputs: Array) -> tuple[Array, Array]:
@@ -254,16 +263,19 @@ class NormMLP(LearnedOptimizer):
         out = out - apply_mlp(theta["mlp"], zero)[0]
         return out[..., 0], out[..., 1]
 
-    def tensor_step(self, theta, x: Array, p: Array, scale: float, horizon=1.0) -> Array:
+    def tensor_step(self, theta, x: Array, p: Array, scale: float, horizon=1.0,
+                    orthogonalize: bool = True) -> Array:
         """The step of one tensor (subtracted from p), see the module docstring; ``scale`` is
-        ``s_mup``, ``horizon`` is ``h_N`` (a run no longer than H multiplies by exactly 1)."""
+        ``s_mup``, ``horizon`` is ``h_N`` (a run no longer than H multiplies by exactly 1);
+        ``orthogonalize=False`` (input weights) skips Newton-Schulz whatever the config says."""
         cfg = self.config
         if x.size == 0:
             return jnp.zeros(jnp.shape(p), jnp.float32)
         d, m = self.network(theta, x)
         a = x[..., cfg.num_per_parameter - 1]
         D = cfg.nominal * a + d
-        if cfg.orthogonalize and D.ndim >= 2 and min(mup.fan_in(D.shape), D.shape[-1]) > 1:
+        if (cfg.orthogonalize and orthogonalize and D.ndim >= 2
+                and min(mup.fan_in(D.shape), D.shape[-1]) > 1):
             D = mup.newton_schulz(D, cfg.ns_steps)
         u = D * jax.lax.rsqrt(1e-12 + jnp.mean(jnp.square(D))) if cfg.normalize_output else D
         if cfg.adam_scale:

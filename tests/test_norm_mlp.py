@@ -172,6 +172,44 @@ def test_mup_scales_by_role_and_fan_in():
         mup.step_scale((3, 4), 8, "middle")
 
 
+def test_roles_by_name_marks_embedding_tables_as_inputs():
+    params = {"Token_Embed": {"w": jnp.zeros((97, 64))}, "lm/~/embed": {"embeddings": jnp.zeros((50, 8))},
+              "core": {"u": jnp.zeros((16, 64)), "b": jnp.zeros(64)}, "out": [jnp.zeros((16, 97))]}
+    roles = mup.roles_by_name(params, ("embed",))
+    got = dict(zip([jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]],
+                   roles))
+    assert got == {"['Token_Embed']['w']": "input", "['core']['b']": "vector", "['core']['u']": "hidden",
+                   "['lm/~/embed']['embeddings']": "input", "['out'][0]": "hidden"}
+    assert mup.step_scales(params, 32, roles) == [1.0, 1.0, 2.0, 1.0, 2.0]
+    assert mup.roles_by_name(params, ()) == ["hidden", "vector", "hidden", "hidden", "hidden"]
+
+
+def test_named_input_weights_step_at_scale_1_and_are_not_orthogonalised():
+    """``input_names``: the named tensor's step is the formula's at s_mup = 1 without Newton-Schulz
+    (the numpy oracle has none); every other tensor's step is unchanged."""
+    params = {"emb": jax.random.normal(KEY, (5, 4)), "w": jax.random.normal(KEY, (3, 4)), "b": jnp.ones(4)}
+    grads = jax.tree.map(lambda p: jnp.cos(3.0 * p + 1.0), params)
+
+    def steps(names):
+        cfg = NormMLPConfig(output_init_scale=1.0, lr=0.01, orthogonalize=True, input_names=names)
+        lopt = NormMLP(cfg)
+        theta = jax.device_get(lopt.init(jax.random.PRNGKey(3)))
+        new, _ = lopt.opt_update(theta, lopt.opt_init(theta, params, 8), grads, params,
+                                 jnp.float32(0.0), KEY)
+        return cfg, theta, {k: np.asarray(params[k] - new[k]) for k in params}
+
+    cfg, theta, named = steps(("EMB",))
+    _, _, plain = steps(())
+    want = np_norm_mlp_step(theta, [grads["emb"]], params["emb"], 0, 8, cfg, 1.0)
+    np.testing.assert_allclose(named["emb"], want, rtol=2e-4, atol=1e-7)
+    for k in ("w", "b"):
+        np.testing.assert_array_equal(named[k], plain[k])
+    # unnamed, the table is a (5, 4) matrix: s = 32 / 5 and an orthogonalised step
+    no_ns = np_norm_mlp_step(theta, [grads["emb"]], params["emb"], 0, 8, cfg, 32.0 / 5)
+    assert np.max(np.abs(plain["emb"] - no_ns)) > 1e-3 * np.max(np.abs(no_ns))
+    assert np.linalg.cond(plain["emb"]) < 1.8 < np.linalg.cond(named["emb"])
+
+
 def test_width_transfer_of_the_update_scale():
     """muP's purpose: with the per-entry step s = n0 / fan_in, a hidden layer's output change
     under an aligned (rank-one) update is the same at every width; with s = 1 it grows ~ width."""

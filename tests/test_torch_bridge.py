@@ -218,6 +218,44 @@ def test_torch_layout_tensors_get_the_update_of_their_haiku_transpose(name):
         assert max(np.max(np.abs(wrong[k] - want[k])) for k in ("conv2d", "conv1d", "linear")) > 1e-3
 
 
+def test_embedding_tables_are_input_weights_as_in_jax():
+    """``input_names``: JAX marks a tensor by its parameter path; torch by its name (built from
+    ``named_parameters``) or the group's ``role``; both give the JAX step, and an unmarked
+    table gets another one (muP fan-in = vocabulary, Newton-Schulz)."""
+    lopt, theta = fresh("norm_mlp", {"orthogonalize": True, "output_init_scale": 1.0,
+                                     "input_names": ["embed"]})
+    rng = np.random.default_rng(0)
+    params = {"embed": {"w": rng.normal(size=(12, 6)).astype(np.float32)},
+              "out": {"w": rng.normal(size=(6, 4)).astype(np.float32)}}
+    grads = jax.tree.map(lambda p: np.cos(3.0 * p + 1.0).astype(np.float32), params)
+    state = lopt.opt_init(theta, params, 10)
+    want, _ = lopt.opt_update(theta, state, grads, params, jnp.float32(0.0), jax.random.PRNGKey(0))
+
+    def torch_step(name=None, role=None):
+        e = torch.nn.Parameter(torch.tensor(params["embed"]["w"]))           # (num, dim): haiku's
+        o = torch.nn.Parameter(torch.tensor(params["out"]["w"].T.copy()))    # nn.Linear's (out, in)
+        e.grad = torch.tensor(grads["embed"]["w"])
+        o.grad = torch.tensor(grads["out"]["w"].T.copy())
+        named = name is not None      # torch: every group named (named_parameters) or none
+        groups = [{"params": [(name, e)] if named else [e], "layout": "haiku", "role": role},
+                  {"params": [("out.weight", o)] if named else [o]}]
+        opt = LearnedOptim.from_lopt(lopt, theta, groups, num_steps=10)
+        opt.step()
+        return e.detach().numpy(), o.detach().numpy().T
+
+    for kw in ({"name": "lm.Embed.weight"}, {"role": "input"}):
+        e, o = torch_step(**kw)
+        np.testing.assert_allclose(e, want["embed"]["w"], atol=2e-6, rtol=0, err_msg=str(kw))
+        np.testing.assert_allclose(o, want["out"]["w"], atol=2e-6, rtol=0, err_msg=str(kw))
+    for kw in ({"name": "lm.table"}, {}):
+        e, o = torch_step(**kw)
+        assert np.max(np.abs(e - want["embed"]["w"])) > 1e-3, kw
+        np.testing.assert_allclose(o, want["out"]["w"], atol=2e-6, rtol=0)
+    with pytest.raises(learned_opt.LearnedOptError, match="role must be one of"):
+        LearnedOptim.from_lopt(lopt, theta, [{"params": [torch.nn.Parameter(torch.ones(2))],
+                                              "role": "embedding"}])
+
+
 # ------------------------------------------------------------------------------ errors
 def test_unsupported_optimizers_raise_one_clear_error():
     class Custom(NormMLP):

@@ -18,7 +18,8 @@ length (0 = unknown), ``lr`` the group's learning rate (default: the config's ``
            + lr * weight_decay * p                              (ndim >= 2)
 
 with ``s_mup = mup_base_fan_in / prod(shape[:-1])`` for ndim >= 2 (1 otherwise; 1 everywhere
-with ``mup=False``). Read on the haiku layout, ``prod(shape[:-1])`` is a torch ``Linear``'s
+with ``mup=False``); a tensor of role ``input`` (``Slot.role``: the group's ``role``, or a name
+containing one of ``input_names``) has ``s_mup = 1`` and is not orthogonalised. Read on the haiku layout, ``prod(shape[:-1])`` is a torch ``Linear``'s
 ``in_features`` and a ``Conv2d``'s ``in_channels * kh * kw``; Newton-Schulz orthogonalises
 ``(prod(shape[:-1]), shape[-1])``. The first layer of the network takes c once per tensor
 (``ops.mlp``); its value at zero per-parameter (and DMD) inputs is then exactly
@@ -109,7 +110,7 @@ class NormMLPRule(Rule):
         out = ops.mlp_rest(mlp, ops.first_layer_rest(mlp, x, tail) + bias) - ops.mlp_rest(mlp, bias)
         d, mm = out[..., 0], out[..., 1]
         D = cfg.nominal * x[..., n_pp - 1] + d
-        if cfg.orthogonalize and D.dim() >= 2 and min(mup.fan_in(D.shape), D.shape[-1]) > 1:
+        if cfg.orthogonalize and slot.role != "input" and D.dim() >= 2 and min(mup.fan_in(D.shape), D.shape[-1]) > 1:
             D = newton_schulz(D, cfg.ns_steps)
         u = D * torch.rsqrt(1e-12 + torch.mean(D.square())) if cfg.normalize_output else D
         if cfg.adam_scale:
@@ -119,7 +120,7 @@ class NormMLPRule(Rule):
         if cfg.cosine_floor < 1.0 and float(tau[1]) > 0:
             f = cfg.cosine_floor
             mag = mag * (f + (1.0 - f) * 0.5 * (1.0 + torch.cos(torch.pi * tau[0])))
-        scale = mup.step_scale(tuple(p.shape), cfg.mup_base_fan_in) if cfg.mup else 1.0
+        scale = mup.step_scale(tuple(p.shape), cfg.mup_base_fan_in, slot.role) if cfg.mup else 1.0
         H, n = cfg.trained_horizon, slot.num_steps
         horizon = (torch.pow(torch.tensor(H, dtype=F32) / torch.tensor(n, dtype=F32), cfg.horizon_power)
                    if 0 < H < n else 1.0)

@@ -16,7 +16,11 @@ state stays float32, as in JAX, also across ``load_state_dict``).
 
 Per-parameter-group options: ``lr`` (default: the architecture's step constant, so the step
 is JAX's; a scheduler scales the step by ``lr / default``), ``num_steps`` (the run's length,
-0 = unknown: ``norm_mlp``'s fraction-of-training input; ignored by the others), ``layout``.
+0 = unknown: ``norm_mlp``'s fraction-of-training input; ignored by the others), ``layout``,
+``role`` (a muP role of ``learned_opt.mup.ROLES`` for every tensor of the group, read by
+``norm_mlp``: ``role="input"`` for embedding tables). Built from ``model.named_parameters()``
+(torch >= 2.6 keeps the names), a tensor whose name contains one of the config's
+``input_names`` (``general``: ``"embed"``) is an input weight without saying so, as in JAX.
 
 A parameter whose ``.grad`` is None is skipped, as torch's optimizers skip it, and its state
 does not advance; ``rnn_mlp``, whose step couples all tensors, instead requires a gradient
@@ -29,6 +33,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from learned_opt import mup
 from learned_opt.base import LearnedOptimizer
 from learned_opt.errors import LearnedOptError
 from learned_opt.torch_bridge import layout as L
@@ -76,7 +81,20 @@ class LearnedOptim(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         if "layout" in param_group:
             L.check_layout(param_group["layout"])
+        if param_group.get("role") is not None and param_group["role"] not in mup.ROLES:
+            raise LearnedOptError(f"role must be one of {mup.ROLES} or None, got {param_group['role']!r}")
         super().add_param_group(param_group)
+
+    def _role(self, group: dict, i: int) -> str | None:
+        """The group's ``role``, else ``input`` when the i-th tensor's name contains one of the
+        config's ``input_names`` (``mup.roles_by_name``'s rule), else None (by shape)."""
+        if group.get("role") is not None:
+            return group["role"]
+        names = group.get("param_names")
+        wanted = tuple(n.lower() for n in getattr(self.rule.config, "input_names", ()))
+        if names and wanted and any(w in str(names[i]).lower() for w in wanted):
+            return "input"
+        return None
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None, loss=None):
@@ -98,7 +116,7 @@ class LearnedOptim(torch.optim.Optimizer):
 
         slots, params, missing = [], [], []
         for group in self.param_groups:
-            for p in group["params"]:
+            for i, p in enumerate(group["params"]):
                 if p.grad is None:
                     missing.append(tuple(p.shape))
                     continue
@@ -109,7 +127,7 @@ class LearnedOptim(torch.optim.Optimizer):
                 if not state:
                     state.update(self.rule.initial_state(h))
                 slots.append(Slot(h, L.to_haiku(p.grad.detach().to(torch.float32), group["layout"]),
-                                  state, group["lr"], group["num_steps"]))
+                                  state, group["lr"], group["num_steps"], self._role(group, i)))
                 params.append((p, group["layout"]))
         if missing and self.rule.couples_tensors:
             raise LearnedOptError(

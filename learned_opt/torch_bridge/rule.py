@@ -38,6 +38,7 @@ class Slot:
     state: dict[str, Any]     # the tensor's optimizer state; the step replaces its entries
     lr: float                 # the group's learning rate (the architecture's step constant)
     num_steps: int            # the run's length, 0 when unknown
+    role: str | None = None   # muP role (``mup.ROLES``); None: by shape (read by norm_mlp)
 
     @property
     def step(self) -> int:
