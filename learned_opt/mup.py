@@ -66,15 +66,19 @@ def shape_role(shape: Sequence[int]) -> str:
     return "vector" if len(shape) < 2 else "hidden"
 
 
+def is_input_name(keys: Sequence[str], input_names: Sequence[str]) -> bool:
+    """Whether one of ``keys`` (a parameter's path keys, or a torch parameter's dotted name)
+    contains one of ``input_names``, case-insensitively."""
+    return any(n.lower() in str(k).lower() for n in input_names for k in keys)
+
+
 def roles_by_name(params: PyTree, input_names: Sequence[str]) -> list[str]:
     """The role of every leaf of ``params`` (``jax.tree.leaves`` order): ``input`` where a key
-    on its path contains one of ``input_names`` (case-insensitive), else :func:`shape_role`."""
-    names = tuple(n.lower() for n in input_names)
+    on its path contains one of ``input_names`` (:func:`is_input_name`), else :func:`shape_role`."""
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))).lower() for k in path]
-        hit = any(n in k for n in names for k in keys)
-        out.append("input" if hit else shape_role(jnp.shape(leaf)))
+        keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path]
+        out.append("input" if is_input_name(keys, input_names) else shape_role(jnp.shape(leaf)))
     return out
 
 
@@ -109,5 +113,5 @@ def newton_schulz(g: jax.Array, steps: int = 5, eps: float = 1e-7) -> jax.Array:
     return x.reshape(shape)
 
 
-__all__ = ["ROLES", "NS_COEFFS", "fan_in", "shape_role", "roles_by_name", "step_scale", "step_scales",
+__all__ = ["ROLES", "NS_COEFFS", "fan_in", "shape_role", "is_input_name", "roles_by_name", "step_scale", "step_scales",
            "newton_schulz"]

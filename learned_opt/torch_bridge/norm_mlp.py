@@ -19,7 +19,8 @@ length (0 = unknown), ``lr`` the group's learning rate (default: the config's ``
 
 with ``s_mup = mup_base_fan_in / prod(shape[:-1])`` for ndim >= 2 (1 otherwise; 1 everywhere
 with ``mup=False``); a tensor of role ``input`` (``Slot.role``: the group's ``role``, or a name
-containing one of ``input_names``) has ``s_mup = 1`` and is not orthogonalised. Read on the haiku layout, ``prod(shape[:-1])`` is a torch ``Linear``'s
+containing one of ``input_names``) has ``s_mup = 1`` and is not orthogonalised. Read on the
+haiku layout, ``prod(shape[:-1])`` is a torch ``Linear``'s
 ``in_features`` and a ``Conv2d``'s ``in_channels * kh * kw``; Newton-Schulz orthogonalises
 ``(prod(shape[:-1]), shape[-1])``. The first layer of the network takes c once per tensor
 (``ops.mlp``); its value at zero per-parameter (and DMD) inputs is then exactly
@@ -110,7 +111,8 @@ class NormMLPRule(Rule):
         out = ops.mlp_rest(mlp, ops.first_layer_rest(mlp, x, tail) + bias) - ops.mlp_rest(mlp, bias)
         d, mm = out[..., 0], out[..., 1]
         D = cfg.nominal * x[..., n_pp - 1] + d
-        if cfg.orthogonalize and slot.role != "input" and D.dim() >= 2 and min(mup.fan_in(D.shape), D.shape[-1]) > 1:
+        if (cfg.orthogonalize and slot.role != "input" and D.dim() >= 2
+                and min(mup.fan_in(D.shape), D.shape[-1]) > 1):
             D = newton_schulz(D, cfg.ns_steps)
         u = D * torch.rsqrt(1e-12 + torch.mean(D.square())) if cfg.normalize_output else D
         if cfg.adam_scale:

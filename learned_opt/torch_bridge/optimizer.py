@@ -87,14 +87,12 @@ class LearnedOptim(torch.optim.Optimizer):
 
     def _role(self, group: dict, i: int) -> str | None:
         """The group's ``role``, else ``input`` when the i-th tensor's name contains one of the
-        config's ``input_names`` (``mup.roles_by_name``'s rule), else None (by shape)."""
+        config's ``input_names`` (``mup.is_input_name``, as JAX reads a path), else None (by shape)."""
         if group.get("role") is not None:
             return group["role"]
         names = group.get("param_names")
-        wanted = tuple(n.lower() for n in getattr(self.rule.config, "input_names", ()))
-        if names and wanted and any(w in str(names[i]).lower() for w in wanted):
-            return "input"
-        return None
+        wanted = getattr(self.rule.config, "input_names", ())
+        return "input" if names and mup.is_input_name([names[i]], wanted) else None
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None, loss=None):
