@@ -12,10 +12,13 @@ the step size, limit it (e.g. 20x past its meta-training horizon)?
     python benchmarks/lr_multiples.py general --suite nqm --suite text_rnn --tasks 2
     python benchmarks/lr_multiples.py general --suite mnist1d_mlp_horizon --tasks 1 --mults 0.1 0.3 1 --cosine
     python benchmarks/lr_multiples.py general --suite mnist1d_conv --steps 20000 --mults 0.1 0.316 1
+    python benchmarks/lr_multiples.py general --suite text_rnn --tasks 1 --mults 3 --per-tensor
 
 ``--steps`` trains a suite's tasks for another number of steps (the optimizer is told it), e.g.
 to find the step multiple a horizon past meta-training wants on tasks no report suite trains
-that long (the check behind ``norm_mlp``'s ``trained_horizon``).
+that long (the check behind ``norm_mlp``'s ``trained_horizon``). ``--per-tensor`` adds each
+multiple applied to one tensor at a time: a gain on one tensor only points at its scale (e.g. a
+muP role), a gain on every tensor at the rule's overall step size.
 """
 from __future__ import annotations
 
@@ -44,6 +47,9 @@ def main(argv=None) -> int:
                         "(the same meta-parameters without the horizon factor)")
     p.add_argument("--cosine", action="store_true",
                    help="also each multiple with a cosine decay to 0 composed outside the rule")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="also each multiple on one tensor at a time (the others at 1x): which tensor "
+                        "wants the other step size?")
     args = p.parse_args(argv)
 
     import jax
@@ -54,6 +60,13 @@ def main(argv=None) -> int:
     from learned_opt.baselines import LR_GRIDS
     from tasks.suites import get_suite
     from tasks.training import train
+
+    def scale_one(path: str, k: float) -> optax.GradientTransformation:
+        """Every update of the tensor at ``path`` (``jax.tree_util.keystr``) times k."""
+        def update(updates, state, params=None):
+            return jax.tree_util.tree_map_with_path(
+                lambda q, u: u * k if jax.tree_util.keystr(q) == path else u, updates), state
+        return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
     compile_cache.enable()
     loaded = learned_opt.load(args.checkpoint)
@@ -85,6 +98,10 @@ def main(argv=None) -> int:
             cos = optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, suite.num_steps))
             runs = [(f"x{k:g}", [optax.scale(k)]) for k in args.mults]
             runs += [(f"x{k:g}+cos", [optax.scale(k), cos]) for k in args.mults] if args.cosine else []
+            if args.per_tensor:
+                paths = [jax.tree_util.keystr(q) for q, _ in
+                         jax.tree_util.tree_flatten_with_path(jax.eval_shape(task.init, keys[i]))[0]]
+                runs += [(f"{path} x{k:g}", [scale_one(path, k)]) for path in paths for k in args.mults]
             finals = [final(optax.chain(loaded.as_optax(suite.num_steps), *extra))
                       for _, extra in runs]
             # a task Adam fits exactly (loss 0, e.g. a small dataset memorised) has no ratio
