@@ -235,19 +235,19 @@ def test_guarded_run_task_reports_fallback_rate():
     keys = jax.random.split(jax.random.PRNGKey(4), 2)
     # SGD candidates: lr 0.5 (stable, fast: largest curvature 1) and lr 5 (diverges), fallback Adam(0.1)
     lrs = jnp.array([0.5, 5.0])
-    losses, test, rate, _ = ev.family_curves(family, cfgs, keys, lambda lr: loss_guard(optax.sgd(lr), optax.adam(0.1)),
+    losses, test, rate, _, _ = ev.family_curves(family, cfgs, keys, lambda lr: loss_guard(optax.sgd(lr), optax.adam(0.1)),
                                           lrs, 60, hparam_axis=0, guard=True)
     assert losses.shape == (2, 2, 60) and rate.shape == (2, 2)
     assert np.all(rate[0] < 0.6), rate               # measured [0.40, 0.43]: the fast SGD is often kept
     assert np.all(rate[1] > 0.9), rate               # measured [0.98, 1.0]: diverging steps are refused
     assert np.all(np.isfinite(losses)) and np.all(test[1] < 0.5 * losses[1, :, 0]), (test, losses[1, :, 0])
-    u_losses, u_test, u_rate, _ = ev.family_curves(family, cfgs, keys, lambda lr: optax.sgd(lr), lrs, 60,
+    u_losses, u_test, u_rate, _, _ = ev.family_curves(family, cfgs, keys, lambda lr: optax.sgd(lr), lrs, 60,
                                                 hparam_axis=0)
     assert np.all(np.isnan(u_rate))
     assert np.all(~np.isfinite(u_test[1]) | (u_test[1] > 1e6))   # unguarded lr 5 blows up
     # a guarded learned optimizer through run_task; guard=True without a guard is a clear error
     task = family.task(jax.tree.map(lambda x: x[0], cfgs))
-    _, t_l, r_l, _ = jax.jit(lambda k: ev.run_task(task, guarded(LOPT, scaled_descent_theta(1e4), optax.adam(0.1)),
+    _, t_l, r_l, _, _ = jax.jit(lambda k: ev.run_task(task, guarded(LOPT, scaled_descent_theta(1e4), optax.adam(0.1)),
                                                 k, 30, guard=True))(keys[0])
     assert float(r_l) == 1.0 and np.isfinite(float(t_l))
     with pytest.raises(learned_opt.LearnedOptError, match="loss-guarded"):

@@ -71,3 +71,24 @@ def test_aggregate_counts_and_marks_a_censored_median_as_a_bound():
     assert not a["median_is_bound"]
     b = sp.aggregate([S_(2.0, True, False), S_(1.2, False, False), S_(3.0, False, False)])
     assert b["median"] == 2.0 and b["median_is_bound"]
+
+
+def test_a_guarded_run_that_ends_on_its_fallback_is_scored_on_the_fallbacks_last_steps():
+    """compare.score_on_fallback: runs flagged as ending on the fallback's parameters get the
+    fallback run's last `window` losses (so their speedup is the fallback's), the others keep
+    their own curves; the inputs are not modified."""
+    from meta_train.evaluation.compare import score_on_fallback
+    rng = np.random.default_rng(0)
+    own, fb = rng.uniform(1, 2, (3, 2, 10)), rng.uniform(0, 1, (3, 2, 10))
+    ended = np.array([[True, False], [False, False], [False, True]])
+    before = own.copy()
+    out = score_on_fallback(own, ended, fb, window=4)
+    np.testing.assert_array_equal(own, before)
+    for i in range(3):
+        for j in range(2):
+            want = np.concatenate([own[i, j, :6], (fb if ended[i, j] else own)[i, j, 6:]])
+            np.testing.assert_array_equal(out[i, j], want)
+    env = np.linspace(2.0, 0.0, 40)
+    window = 4
+    scored = sp.speedup_curve(out[0, 0][None], env, window)[0].value
+    assert scored == sp.speedup_curve(fb[0, 0][None], env, window)[0].value

@@ -88,7 +88,7 @@ def test_meta_training_steps_a_task_as_evaluation_does(guard):
 def test_run_task_is_train_plus_the_guard_bookkeeping():
     task = tasks.get_task("quadratic_10d")
     key = jax.random.PRNGKey(2)
-    losses, test, rate, final = jax.jit(lambda k: ev.run_task(task, optax.sgd(0.1), k, 8))(key)
+    losses, test, rate, final, _ = jax.jit(lambda k: ev.run_task(task, optax.sgd(0.1), k, 8))(key)
     run = jax.jit(lambda k: training.train(task, optax.sgd(0.1), k, 8))(key)
     np.testing.assert_array_equal(losses, run.losses)
     np.testing.assert_array_equal(test, run.test_loss)

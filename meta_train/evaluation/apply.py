@@ -64,7 +64,7 @@ def apply_to_task(checkpoint: str, task_name: str, steps: int = 1000, seed: int 
     key = jax.random.PRNGKey(seed)
     extra = {}
     if kind == "step":
-        lo, lo_test, rate, lo_fin = jax.jit(lambda k: ev.run_task(
+        lo, lo_test, rate, lo_fin, _ = jax.jit(lambda k: ev.run_task(
             task, guarded(lopt, theta, optax.adam(adam_lr), num_steps=steps), k, steps, guard=True))(key)
         extra = {"fallback_rate": float(rate)}
     elif kind == "trajectory":
@@ -78,8 +78,8 @@ def apply_to_task(checkpoint: str, task_name: str, steps: int = 1000, seed: int 
                  "switches": int(g.switches), "checks": int(g.checks),
                  "last_switch_step": int(g.last_switch_step), "check_every": check_every}
     else:
-        lo, lo_test, _, lo_fin = jax.jit(lambda k: ev.run_task(task, lopt.as_optax(theta, steps), k, steps))(key)
-    ad, ad_test, _, ad_fin = jax.jit(lambda k: ev.run_task(task, optax.adam(adam_lr), k, steps))(key)
+        lo, lo_test, _, lo_fin, _ = jax.jit(lambda k: ev.run_task(task, lopt.as_optax(theta, steps), k, steps))(key)
+    ad, ad_test, _, ad_fin, _ = jax.jit(lambda k: ev.run_task(task, optax.adam(adam_lr), k, steps))(key)
     lo, ad = np.asarray(lo), np.asarray(ad)
     # final_train_loss: at the parameters the run returns (tasks.training.final_train_loss), so a
     # guard that ends on Adam's run reports Adam's loss, not the learned steps before the switch

@@ -37,6 +37,8 @@ from learned_opt.files import atomic_write_text
 from learned_opt.shipped import resolve, shipped_names
 from meta_train.evaluation import compare as cmp
 from meta_train.evaluation import report as rp
+from learned_opt.trajectory_guard import (DEFAULT_CHECK_EVERY, DEFAULT_INTERIM_TOLERANCE,
+                                          DEFAULT_KEEP_STATE, DEFAULT_TOLERANCE)
 from meta_train.evaluation import speedup as sp
 from meta_train.evaluation import stats
 from meta_train.evaluation.plots import plot_profiles
@@ -82,6 +84,8 @@ def suite_record(res: dict, rows: list[dict], pngs, settings: dict) -> dict:
                        "diverged_runs": int(np.sum(~np.isfinite(run_ratio))),
                        "guard": res["guard"].get(label),
                        "guard_rate": None if fb is None else float(np.mean(fb)),
+                       "on_fallback_runs": (int(np.sum(res["on_fallback"][label]))
+                                            if label in res.get("on_fallback", {}) else None),
                        "median_speedup": by_label[label]["speedup"]["median"]}
     return {"format": FORMAT, "settings": settings, "suite": s.name, "kind": s.kind,
             "description": s.title, "num_tasks": len(res["task_labels"]), "num_steps": s.num_steps,
@@ -96,7 +100,11 @@ def _settings(paths, cfg, suite) -> dict:
             digests.append(hashlib.sha256(f.read()).hexdigest()[:16])
     return {"optimizers": digests, "seeds": cfg["seeds"], "max_tasks": cfg["max_tasks"],
             "baselines": list(cfg["baselines"]), "adam_factor": cfg["adam_factor"],
-            "guards": list(cfg["guards"]), "suite": [suite.family, suite.family_kwargs, suite.num_tasks, suite.num_steps, suite.seed]}
+            "guards": list(cfg["guards"]), "suite": [suite.family, suite.family_kwargs, suite.num_tasks, suite.num_steps, suite.seed],
+            # the trajectory guard's rule: a record made under another rule is run again
+            "trajectory_guard": {"check_every": DEFAULT_CHECK_EVERY, "tolerance": DEFAULT_TOLERANCE,
+                                 "interim_tolerance": DEFAULT_INTERIM_TOLERANCE, "keep_state": DEFAULT_KEEP_STATE,
+                                 "scored_on_fallback": True}}
 
 
 def _load_record(path: str, settings: dict) -> dict | None:
@@ -154,7 +162,8 @@ def guard_table(records: list[dict], entries_labels: list[str]) -> list[dict]:
                 if o is not None:
                     row[kind] = {"worst_task": max(o["final_ratio"]), "worst_run": o["worst_run_ratio"],
                                  "over": int(sum(x > TOLERANCE for x in o["final_ratio"])),
-                                 "tasks": len(o["final_ratio"]), "rate": o["guard_rate"]}
+                                 "tasks": len(o["final_ratio"]), "rate": o["guard_rate"],
+                                 "ended_on_fallback": o.get("on_fallback_runs")}
             out.append(row)
     return out
 
@@ -295,7 +304,8 @@ def render(records, board, guards, costs, cfg, full, wall, command, paths, reps)
               f"The trajectory guard promises a final loss within 5% of its fallback's (here tuned Adam, "
               f"so <= {TOLERANCE} on every task). Per suite: the worst task's ratio (seed mean) / the worst "
               "single run's, the number of tasks above 1.05, and the guard's rate (per-step guard: "
-              "fraction of steps on Adam's proposal; trajectory guard: fraction of checks that switched).",
+              "fraction of steps on Adam's proposal; trajectory guard: fraction of checks that switched, and "
+              "the runs that ended on Adam's final parameters, scored on Adam's last steps).",
               "", "| optimizer | suite | unguarded: worst task / run | +guard: worst task / run (> 1.05) "
               "| +guard rate | +traj-guard: worst task / run (> 1.05) | +traj-guard rate |",
               "|---|---|---|---|---|---|---|"]
@@ -311,7 +321,9 @@ def render(records, board, guards, costs, cfg, full, wall, command, paths, reps)
                      + f" | {cell(g.get('step'))} | "
                      + ("-" if "step" not in g else f"{100 * g['step']['rate']:.1f}%")
                      + f" | {cell(g.get('trajectory'))} | "
-                     + ("-" if "trajectory" not in g else f"{100 * g['trajectory']['rate']:.1f}%") + " |")
+                     + ("-" if "trajectory" not in g else f"{100 * g['trajectory']['rate']:.1f}%"
+                        + ("" if g["trajectory"].get("ended_on_fallback") is None
+                           else f" ({g['trajectory']['ended_on_fallback']} ended on Adam)")) + " |")
     worst = {kind: max((g[kind]["worst_task"] for g in guards if kind in g), default=None)
              for kind in ("none", "step", "trajectory")}
     lines += ["", "Worst task over every suite and optimizer: " + ", ".join(

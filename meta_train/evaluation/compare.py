@@ -148,18 +148,21 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
     the speedup (``meta_train.evaluation.speedup``). Each baseline is tuned per task over its own grid on the
     seed-averaged final training loss at T. Learned optimizers run as they are and behind each
     guard of ``guard`` (:func:`guard_kinds`: True = both) with Adam at the task's tuned learning
-    rate as the fallback (the trajectory guard checks every ``check_every`` steps and at T).
+    rate as the fallback (the trajectory guard checks every ``check_every`` steps and at T). A
+    trajectory-guarded run that ends on its fallback's parameters is scored on the fallback's
+    last steps (:func:`score_on_fallback`: the fallback run is tuned Adam's own, same keys).
 
     Returns {"suite", "labels", "curves": {label: (tasks, seeds, T)}, "test": {label: (tasks,
     seeds)}, "final": {label: (tasks, seeds)} (training loss at the final parameters),
-    "fallback": {label: (tasks, seeds)} (guard rates), "guard": {label: kind}, "tuned_lr":
+    "fallback": {label: (tasks, seeds)} (guard rates), "on_fallback": {label: (tasks, seeds)}
+    (trajectory guards: ended on the fallback's parameters), "guard": {label: kind}, "tuned_lr":
     {label: (tasks,)}, "envelopes": (tasks, adam_factor*T), "task_labels"}."""
     fam, T = suite.task_family, suite.num_steps
     cfgs, task_keys = suite.tasks(num_tasks)
     n = len(task_keys)
     keys = seed_keys(task_keys, num_seeds)
     say = progress or (lambda msg: None)
-    curves, test, final, fallback, tuned, kinds = {}, {}, {}, {}, {}, {}
+    curves, test, final, fallback, tuned, kinds, ended = {}, {}, {}, {}, {}, {}, {}
     window = speedup_window(T)
 
     say(f"{suite.name}: Adam over {len(LR_GRIDS['adam'])} learning rates x {adam_factor * T} steps")
@@ -174,7 +177,8 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
                    jnp.concatenate([keys, keys]), lambda lr, _: optax.adam(lr),
                    jnp.asarray(np.concatenate([default, grid[best]])), 0, T)
     for j, (label, lrs) in enumerate(((ADAM_DEFAULT, default), (ADAM_TUNED, grid[best]))):
-        curves[label], test[label], _, final[label] = (x[j * n:(j + 1) * n] for x in both)
+        curves[label], test[label], final[label] = (x[j * n:(j + 1) * n] for x in
+                                                    (both.losses, both.test_loss, both.final_loss))
         tuned[label] = lrs
     for name in baselines:
         say(f"{suite.name}: {name} over {len(LR_GRIDS[name])} learning rates")
@@ -183,12 +187,14 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
                             b_grid, T, final=True)
         b = _tune(runs.losses, b_grid, T)
         label = f"{name} tuned"
-        curves[label], test[label], _, final[label] = _pick(runs, b)
+        picked = _pick(runs, b)
+        curves[label], test[label], final[label] = picked.losses, picked.test_loss, picked.final_loss
         tuned[label] = b_grid[b]
     for e in entries:
         say(f"{suite.name}: {e.label}")
-        curves[e.label], test[e.label], _, final[e.label] = _curves(
-            fam, cfgs, keys, lambda _, th, e=e: e.lopt.as_optax(th, T), jnp.zeros(n), e.theta, T)
+        run = _curves(fam, cfgs, keys, lambda _, th, e=e: e.lopt.as_optax(th, T), jnp.zeros(n),
+                      e.theta, T)
+        curves[e.label], test[e.label], final[e.label] = run.losses, run.test_loss, run.final_loss
         for kind in guard_kinds(guard):
             label = e.label + GUARD_SUFFIX[kind]
             say(f"{suite.name}: {label}")
@@ -197,14 +203,34 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
             else:
                 make = lambda lr, th, e=e: trajectory_guarded(  # noqa: E731
                     e.lopt, th, optax.adam(lr), check_every=check_every, num_steps=T)
-            curves[label], test[label], fallback[label], final[label] = _curves(
-                fam, cfgs, keys, make, jnp.asarray(grid[best]), e.theta, T, guard=True)
+            run = _curves(fam, cfgs, keys, make, jnp.asarray(grid[best]), e.theta, T, guard=True)
+            curves[label], test[label], fallback[label], final[label] = (
+                run.losses, run.test_loss, run.rate, run.final_loss)
+            if kind == "trajectory":
+                curves[label] = score_on_fallback(run.losses, run.on_fallback,
+                                                  curves[ADAM_TUNED], window)
+                ended[label] = np.asarray(run.on_fallback)
             kinds[label] = kind
     return {"suite": suite, "labels": list(curves), "curves": curves, "test": test,
             "final": final, "fallback": fallback, "guard": kinds, "check_every": check_every,
+            "on_fallback": ended,
             "tuned_lr": tuned, "envelopes": envelopes, "window": window,
             "adam_factor": adam_factor, "num_seeds": num_seeds,
             "task_labels": [task_label(fam, cfgs, i) for i in range(n)]}
+
+
+def score_on_fallback(losses, on_fallback, fallback_losses, window: int) -> np.ndarray:
+    """The curves a trajectory-guarded run is scored on: a run (task, seed) whose last check
+    switched returns its fallback run's final parameters, not those its own curve leads to, so its
+    last ``window`` steps (what the speedup's smoothed final loss averages) are the fallback run's
+    own (``fallback_losses``: the fallback alone from the same start on the same batches, e.g.
+    tuned Adam's curves); every other run keeps its curve. Shapes (tasks, seeds, T) and
+    (tasks, seeds)."""
+    out = np.array(losses, dtype=float, copy=True)
+    mask = np.asarray(on_fallback, bool)
+    out[..., -window:] = np.where(mask[..., None], np.asarray(fallback_losses)[..., -window:],
+                                  out[..., -window:])
+    return out
 
 
 def speedup_window(num_steps: int) -> int:
@@ -236,5 +262,5 @@ def load_entries(paths: list[str]) -> tuple[list[Entry], list[dict]]:
     return entries, metas
 
 
-__all__ = ["Entry", "run_suite", "GUARDS", "GUARD_SUFFIX", "guard_kinds", "unguarded_label", "load_entries", "seed_keys", "speedups",
+__all__ = ["Entry", "run_suite", "score_on_fallback", "GUARDS", "GUARD_SUFFIX", "guard_kinds", "unguarded_label", "load_entries", "seed_keys", "speedups",
            "DEFAULT_BASELINES", "check_baselines", "task_label", "ADAM_DEFAULT", "ADAM_TUNED"]

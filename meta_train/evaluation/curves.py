@@ -32,6 +32,8 @@ class TaskCurves(NamedTuple):
     test_loss: Any    # held-out loss at the final parameters
     rate: Any         # the guard's fallback / switch rate; NaN unguarded
     final_loss: Any   # training loss at the final parameters (tasks.training.final_train_loss)
+    on_fallback: Any = None   # True when a trajectory guard returned its fallback run's final
+                              # parameters (its last check switched); False otherwise
 
 
 def finalize_trajectory(params, opt_state, decide):
@@ -56,13 +58,15 @@ def run_task(task, tx, key, num_steps, guard: bool = False) -> TaskCurves:
     fallback's candidate) or the trajectory guard's switch rate
     (``learned_opt.trajectory_guard``: the fraction of its checks that moved the run onto the
     fallback run's parameters, counting its last check on more data: ``finalize_trajectory``).
-    Unguarded runs return NaN for it. Runs of different lengths
+    Unguarded runs return NaN for it. ``on_fallback`` is True when a trajectory guard's last
+    check (the last step or the final choice) switched, so the run returns the fallback run's
+    final parameters; False for every other run. Runs of different lengths
     from the same key share their first steps' batches."""
     run = training.train(task, tx, key, num_steps, guarded=guard,
                          finalize=finalize_trajectory if guard else None)
     if not guard:
         return TaskCurves(run.losses, run.test_loss, jnp.full((), jnp.nan, jnp.float32),
-                          run.final_loss)
+                          run.final_loss, jnp.zeros((), bool))
     step_guard = find_guard_state(run.opt_state)
     trajectory = find_trajectory_guard_state(run.opt_state)
     if (step_guard is None) == (trajectory is None):
@@ -72,8 +76,11 @@ def run_task(task, tx, key, num_steps, guard: bool = False) -> TaskCurves:
                               "learned_opt.loss_guard.guarded(lopt, theta) / loss_guard(tx, fallback) "
                               "or learned_opt.trajectory_guard.trajectory_guarded(lopt, theta) / "
                               "trajectory_guard(tx, fallback)")
-    rate = fallback_rate(step_guard) if step_guard is not None else switch_rate(trajectory)
-    return TaskCurves(run.losses, run.test_loss, rate, run.final_loss)
+    if step_guard is not None:
+        return TaskCurves(run.losses, run.test_loss, fallback_rate(step_guard), run.final_loss,
+                          jnp.zeros((), bool))
+    return TaskCurves(run.losses, run.test_loss, switch_rate(trajectory), run.final_loss,
+                      ~trajectory.following_learned)
 
 
 def family_curves(family, cfgs, keys, make_tx: Callable[[Any], optax.GradientTransformation],

@@ -293,8 +293,8 @@ def write_report(checkpoints, out_dir: str, num_tasks: int = 8, num_steps: int |
              "parameters when its smoothed guard-batch loss trails Adam's by more than 5%, and after the "
              "last step it keeps the learned parameters only if their final training loss is within 5% "
              "of Adam's; its rate is the fraction of checks that switched. A guarded run's training curve is the trajectory it "
-             "followed (its speedup is measured on it); a switch at the last step shows only in the final "
-             "loss.", ""]
+             "followed (its speedup is measured on it), except that a run whose last check switched "
+             "returns Adam's final parameters and is scored on Adam's last steps.", ""]
     lines += _headline(results, entries)
     for res, rows, pngs in results:
         lines += _suite_section(res, rows, pngs)
