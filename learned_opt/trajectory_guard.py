@@ -149,7 +149,9 @@ class TrajectoryGuardState(NamedTuple):
     steps); ``switches``: int32 checks that moved the run to the fallback's parameters;
     ``last_switch_step``: int32 index (0-based) of the step that last switched, -1 if none;
     ``following_learned``: bool, False when the latest check switched, True when it kept the
-    run's own learned trajectory (and before the first check); ``tolerance``: float32, the
+    run's own learned trajectory (and before the first check; after :func:`final_choice`, False
+    when the returned parameters are the fallback run's: it switched, or the last step did);
+    ``tolerance``: float32, the
     guard's (read by :func:`final_choice`)."""
 
     candidate: PyTree
@@ -353,9 +355,12 @@ def final_choice(state: PyTree, params: PyTree, loss_fn: Callable) -> tuple[PyTr
     keep = (jnp.isfinite(l_x) & all_finite(params)
             & ((l_x - l_y <= g.tolerance * jnp.abs(l_y)) | ~jnp.isfinite(l_y)))
     switch = ~keep
+    # a run whose last step itself switched already sits on the fallback's parameters: keeping
+    # them keeps the fallback's, so it does not follow a learned trajectory either way
+    on_fallback = switch | (g.last_switch_step == g.steps - 1)
     new_g = g._replace(checks=g.checks + 1, switches=g.switches + switch.astype(jnp.int32),
                        last_switch_step=jnp.where(switch, g.steps - 1, g.last_switch_step),
-                       following_learned=keep)
+                       following_learned=~on_fallback)
     chosen = _select(switch, g.fallback_params, params)
     new_state = jax.tree.map(lambda x: new_g if x is g else x, state,
                              is_leaf=lambda x: isinstance(x, TrajectoryGuardState))
