@@ -35,10 +35,10 @@ import numpy as np
 from learned_opt.errors import LearnedOptError
 from learned_opt.files import atomic_write_text
 from learned_opt.shipped import resolve, shipped_names
-from meta_train.evaluation import compare as cmp
-from meta_train.evaluation import report as rp
 from learned_opt.trajectory_guard import (DEFAULT_CHECK_EVERY, DEFAULT_INTERIM_TOLERANCE,
                                           DEFAULT_KEEP_STATE, DEFAULT_TOLERANCE)
+from meta_train.evaluation import compare as cmp
+from meta_train.evaluation import report as rp
 from meta_train.evaluation import speedup as sp
 from meta_train.evaluation import stats
 from meta_train.evaluation.plots import plot_profiles
