@@ -18,6 +18,7 @@ updated with the current g first:
     u    = D * rsqrt(1e-12 + mean_tensor(D^2))                  normalised output, RMS 1
                                                 (u = D with ``normalize_output=False``)
     u   <- r * u                                (``adam_scale``: the RMS of Adam's own step)
+    u   <- r^k * u                              (k = ``noise_power`` > 0: r not a network input)
     c_t  = f + (1 - f) (1 + cos(pi tau_0)) / 2 if N > 0 else 1  (f = ``cosine_floor``; 1 = off)
     h_N  = (H / N)^q if 0 < H < N else 1        (H = ``trained_horizon``, q = ``horizon_power``)
     step = lr * h_N * c_t * s_mup * exp(max_log_scale * tanh(mean_tensor(m))) * u * live
@@ -55,7 +56,10 @@ sqrt((1 - beta1) / (1 + beta1)) = 0.23 once noise dominates) instead of 1, so th
 Adam's own annealing under gradient noise, which per-tensor normalisation otherwise removes
 (on noisy quadratics a unit-RMS step stalls at a noise floor); the network sees ``r`` as a
 per-tensor input; with a zero network and no orthogonalisation the rule is then Adam
-(``lr * s_mup * a``). Untrained (output layer ``output_init_scale``) the
+(``lr * s_mup * a``). ``noise_power`` k > 0 keeps part of that annealing without an input
+(so without new meta-parameters: a trained rule can be fine-tuned with it, ``init_from``): the
+step is multiplied by ``r^k`` (k = 1/2: a step about 0.48x as large once noise dominates); the
+state then carries each tensor's ``r`` from ``features`` to ``apply``. Untrained (output layer ``output_init_scale``) the
 rule is close to Adam with per-tensor normalised, muP-scaled steps. With ``dmd_window > 0`` the
 DMD channels are appended after tau (and r). Inputs: ``5 + len(decays)`` per parameter plus the 2
 of tau (10 by default; 11 with ``adam_scale``).
@@ -89,6 +93,7 @@ class NormMLPState(NamedTuple):
     iteration: Array
     num_steps: Array
     dmd: DMDState | None = None
+    adam_rms: PyTree | None = None   # per tensor r (scalars), ``noise_power > 0`` only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +113,7 @@ class NormMLPConfig(LOptConfig):
     normalize_output: bool = True
     max_log_scale: float = 2.0        # per-tensor magnitude in [e^-2, e^2]
     adam_scale: bool = False          # step RMS = RMS of Adam's direction (see the docstring)
+    noise_power: float = 0.0          # > 0: step times r^noise_power (r not a network input)
     cosine_floor: float = 1.0         # < 1: cosine decay of the step to this fraction over a known run
     trained_horizon: int = 0          # > 0: steps of known runs longer than this shrink by (H/N)^q;
                                       # set it to meta-training's max_episode_length
@@ -133,6 +139,8 @@ class NormMLPConfig(LOptConfig):
             isinstance(n, str) and n for n in self.input_names), "a tuple of non-empty strings"
         yield "normalize_output", isinstance(self.normalize_output, bool), "true or false"
         yield "adam_scale", isinstance(self.adam_scale, bool), "true or false"
+        yield "noise_power", is_real(self.noise_power) and self.noise_power >= 0 and not (
+            self.noise_power > 0 and self.adam_scale), ">= 0, and 0 with adam_scale (which uses r^1)"
         yield "cosine_floor", is_real(self.cosine_floor) and 0 <= self.cosine_floor <= 1, "in [0, 1]"
         yield "trained_horizon", isinstance(self.trained_horizon, int) and not isinstance(
             self.trained_horizon, bool) and self.trained_horizon >= 0, "an int >= 0 (0 = off)"
@@ -215,8 +223,11 @@ class NormMLP(LearnedOptimizer):
 
     def init_slots(self, theta, params) -> dict:
         k = len(self._decays)
-        return {"momenta": jax.tree.map(lambda p: F.init_accumulators(p, k), params),
-                "v": jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)}
+        slots = {"momenta": jax.tree.map(lambda p: F.init_accumulators(p, k), params),
+                 "v": jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)}
+        if self.config.noise_power > 0:
+            slots["adam_rms"] = jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params)
+        return slots
 
     def features(self, theta, state: NormMLPState, grads, params, loss):
         cfg = self.config
@@ -233,11 +244,12 @@ class NormMLP(LearnedOptimizer):
             x = F.stack_channels(g, p.astype(jnp.float32), m, jnp.sqrt(v), a)
             x = F.second_moment_normalize(x, cfg.norm_eps)
             const = jnp.concatenate([tau, adam_rms(a)[None]]) if cfg.adam_scale else tau
-            return F.broadcast_global(x, const), m, v
+            return F.broadcast_global(x, const), m, v, adam_rms(a)
 
         out = jax.tree.map(one, state.momenta, state.v, grads, params)
-        inputs, momenta, v = F.unzip(params, out, 3)
-        return inputs, self.advance(state, momenta=momenta, v=v)
+        inputs, momenta, v, r = F.unzip(params, out, 4)
+        return inputs, self.advance(state, momenta=momenta, v=v,
+                                    adam_rms=r if cfg.noise_power > 0 else None)
 
     def apply(self, theta, state, inputs, params):
         cfg = self.config
@@ -247,8 +259,10 @@ class NormMLP(LearnedOptimizer):
         scales = (mup.step_scales(params, cfg.mup_base_fan_in, roles) if cfg.mup
                   else [1.0] * len(p_leaves))
         h = horizon_factor(state.num_steps, cfg.trained_horizon, cfg.horizon_power)
-        steps = [self.tensor_step(theta, x, p, s, h, orthogonalize=r != "input")
-                 for x, p, s, r in zip(leaves, p_leaves, scales, roles)]
+        rms = (jax.tree.leaves(state.adam_rms) if cfg.noise_power > 0
+               else [None] * len(p_leaves))
+        steps = [self.tensor_step(theta, x, p, s, h, orthogonalize=r != "input", noise=n)
+                 for x, p, s, r, n in zip(leaves, p_leaves, scales, roles, rms)]
         return jax.tree.unflatten(treedef, steps), state
 
     def network(self, theta, inputs: Array) -> tuple[Array, Array]:
@@ -264,10 +278,11 @@ class NormMLP(LearnedOptimizer):
         return out[..., 0], out[..., 1]
 
     def tensor_step(self, theta, x: Array, p: Array, scale: float, horizon=1.0,
-                    orthogonalize: bool = True) -> Array:
+                    orthogonalize: bool = True, noise: Array | None = None) -> Array:
         """The step of one tensor (subtracted from p), see the module docstring; ``scale`` is
         ``s_mup``, ``horizon`` is ``h_N`` (a run no longer than H multiplies by exactly 1);
-        ``orthogonalize=False`` (input weights) skips Newton-Schulz whatever the config says."""
+        ``orthogonalize=False`` (input weights) skips Newton-Schulz whatever the config says;
+        ``noise`` is the tensor's ``r`` (used with ``noise_power > 0``)."""
         cfg = self.config
         if x.size == 0:
             return jnp.zeros(jnp.shape(p), jnp.float32)
@@ -280,6 +295,8 @@ class NormMLP(LearnedOptimizer):
         u = D * jax.lax.rsqrt(1e-12 + jnp.mean(jnp.square(D))) if cfg.normalize_output else D
         if cfg.adam_scale:
             u = u * x.reshape(-1, x.shape[-1])[0, self.constant_channels()[1] - 1]   # r
+        if cfg.noise_power > 0:
+            u = u * jnp.power(noise, cfg.noise_power)
         live = (jnp.sum(jnp.square(x[..., 0])) > 0).astype(jnp.float32)
         mag = jnp.exp(cfg.max_log_scale * jnp.tanh(jnp.mean(m)))
         if cfg.cosine_floor < 1.0:

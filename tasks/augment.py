@@ -156,9 +156,14 @@ class AugmentedFamily(TaskFamily):
         def eval_loss(q, split="validation"):
             return c * base.eval_loss(to_p(q), split)
 
+        def expected_loss(q):
+            # a batch of b distinct examples repeated has the same expectation as the base batch
+            return c * base.expected_loss(to_p(q))
+
         return Task(name=base.name, init=init, loss=loss, sample_batch=base.sample_batch,
                     normalizer=lambda l: base.normalizer(l / c),
-                    eval_loss=None if base.eval_loss is None else eval_loss)
+                    eval_loss=None if base.eval_loss is None else eval_loss,
+                    expected_loss=None if base.expected_loss is None else expected_loss)
 
 
 def augmented(family: TaskFamily, **options) -> TaskFamily:

@@ -47,6 +47,11 @@ class Task:
     # Full-split evaluation, (params, split) -> scalar mean loss; None when the
     # task has no finite split (e.g. quadratics), then callers average batches.
     eval_loss: Callable[..., jax.Array] | None = None
+    # The exact expected training loss, params -> scalar (the mean over the data distribution),
+    # cheap enough to evaluate at every step; None when there is none. When set, a training
+    # run's loss curve records it instead of the step batch's loss (tasks.training.train): for
+    # the synthetic quadratics, whose batch loss is mostly noise near the optimum.
+    expected_loss: Callable[..., jax.Array] | None = None
 
 
 class TaskFamily:

@@ -71,4 +71,5 @@ class QuadraticFamily(TaskFamily):
             return 0.5 * jnp.sum(h * ((params["x"] - c) ** 2 + noise**2))
 
         return Task(name=self.name, init=init, loss=loss, sample_batch=sample_batch,
-                    normalizer=lambda l: l / jnp.sum(h), eval_loss=eval_loss)
+                    normalizer=lambda l: l / jnp.sum(h), eval_loss=eval_loss,
+                    expected_loss=eval_loss)

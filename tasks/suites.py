@@ -56,6 +56,14 @@ class Suite:
         """One line for reports: the description, prefixed by the kind when the name is not it."""
         return self.description if self.name == self.kind else f"{self.kind}: {self.description}"
 
+    @functools.cached_property
+    def curve(self) -> str:
+        """What its loss curves record: ``"expected"``, the tasks' exact expected training loss
+        (``Task.expected_loss``: the synthetic quadratics), or ``"batch"``, each step's batch loss."""
+        cfgs, _ = self.tasks(1)
+        task = self.task_family.task(jax.tree.map(lambda x: x[0], cfgs))
+        return "batch" if task.expected_loss is None else "expected"
+
     def tasks(self, num_tasks: int | None = None):
         """(cfgs with a leading task axis, one training key per task) of the suite's first
         ``num_tasks`` (default: all) tasks: the same tasks, initialisations and batches as in

@@ -11,6 +11,7 @@ One step from the step's key ``k``:
     value_fn(p) = task.loss(p, k_loss, guard batch)                     #   candidates scored here
     grad_fn(p)  = value_and_grad(task.loss)(p, k_loss, batch)           #   a fallback run's gradient
     params, opt_state = update(grads, opt_state, params, loss, k_opt, value_fn, grad_fn)
+    recorded    = task.expected_loss(params before the step) if the task has one, else loss
 
 A guarded step gives the guard both functions, so either kind works: the per-step loss guard
 (``learned_opt.loss_guard``) uses ``value_fn`` and ignores ``grad_fn``; the trajectory guard
@@ -21,7 +22,11 @@ called by a trajectory guard).
 
 A run of ``T`` steps from ``key``: ``k_init, k_run, k_eval = split(key, 3)``, parameters from
 ``task.init(k_init)``, step ``t`` keyed by ``fold_in(k_run, t)`` (so the first ``T`` steps of a
-longer run are the ``T``-step run, batch for batch), a ``lax.scan`` over the steps, the final
+longer run are the ``T``-step run, batch for batch), a ``lax.scan`` over the steps recording each step's
+loss (the step batch's loss before the update, or ``task.expected_loss`` at the same parameters
+when the task has one: the synthetic quadratics, whose batch loss near the optimum is mostly the
+batch's noise, so a curve of it, or a meta-loss, would score an optimizer by its luckiest
+batches), the final
 held-out loss (``task.eval_loss(params, "test")``, else the mean over 8 fresh batches) from
 ``k_eval``, and the final training loss at the final parameters: ``task.eval_loss(params,
 "train")`` (the whole training split; for the synthetic families the expected loss) when the task
@@ -71,7 +76,8 @@ def guard_key(key: jax.Array) -> jax.Array:
 
 def train_step(task, update: UpdateFn, params, opt_state, key: jax.Array, guarded: bool = False):
     """One training step of ``task`` (see the module docstring). Returns (params, opt_state,
-    loss before the step)."""
+    loss before the step): the batch's loss, or ``task.expected_loss(params)`` when the task has
+    one (the optimizer is still given the batch's loss)."""
     k_batch, k_loss, k_opt = jax.random.split(key, 3)
     batch = task.sample_batch(k_batch)
     loss, grads = jax.value_and_grad(task.loss)(params, k_loss, batch)
@@ -82,6 +88,8 @@ def train_step(task, update: UpdateFn, params, opt_state, key: jax.Array, guarde
         grad_fn = lambda p: jax.value_and_grad(task.loss)(p, k_loss, batch)  # noqa: E731
     new_params, opt_state = update(grads, opt_state, params, loss, k_opt, value_fn, grad_fn)
     chex.assert_trees_all_equal_shapes_and_dtypes(new_params, params)   # at trace time
+    if task.expected_loss is not None:
+        loss = task.expected_loss(params)
     return new_params, opt_state, loss
 
 
@@ -106,7 +114,8 @@ def final_train_loss(task, params, key: jax.Array, num_batches: int = 8) -> jax.
 
 class Run(NamedTuple):
     """What :func:`train` returns."""
-    losses: jax.Array      # (num_steps,) training loss at each step, before the update
+    losses: jax.Array      # (num_steps,) training loss at each step, before the update (the
+                           # step batch's, or task.expected_loss at those parameters when set)
     test_loss: jax.Array   # final held-out loss (see final_split_loss)
     params: ArrayTree      # parameters after the last step
     opt_state: ArrayTree   # optimizer state after the last step

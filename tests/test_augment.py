@@ -93,3 +93,22 @@ def test_bad_options_are_clear_errors(family, bad, match):
 
 def test_no_options_is_the_family_itself(family):
     assert augmented(family) is family
+
+
+def test_expected_loss_follows_the_augmentation():
+    """A quadratic's exact expected loss (what its curves record) through every augmentation:
+    ``c * E[L(s q)]``, the mean of the augmented batch loss over batches; None for a family
+    without one."""
+    quad = tasks.get_family("quadratic")
+    aug = augmented(quad, reparam=(0.1, 10.0), loss_scale=(0.01, 100.0), batch_fraction=(0.1, 1.0))
+    cfg = aug.sample(jax.random.PRNGKey(5))
+    base, task = quad.task(cfg["base"]), aug.task(cfg)
+    p = base.init(jax.random.PRNGKey(1))
+    q = jax.tree.map(lambda x, si: x / si, p, cfg["s"])
+    np.testing.assert_allclose(task.expected_loss(q), float(cfg["c"]) * base.expected_loss(p),
+                               rtol=1e-5)
+    keys = jax.random.split(jax.random.PRNGKey(2), 20000)
+    mc = jax.jit(jax.vmap(lambda k: task.loss(q, k, task.sample_batch(k))))(keys).mean()
+    np.testing.assert_allclose(mc, task.expected_loss(q), rtol=0.03)
+    assert augmented(tasks.get_family("mnist1d_mlp"), reparam=(0.1, 10.0)).task(
+        augmented(tasks.get_family("mnist1d_mlp"), reparam=(0.1, 10.0)).sample(KEY)).expected_loss is None

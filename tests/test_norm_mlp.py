@@ -38,6 +38,7 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     D = cfg.nominal * x[..., -1] + d
     u = D / np.sqrt(1e-12 + np.mean(D ** 2)) if cfg.normalize_output else D
     u = u * r if cfg.adam_scale else u
+    u = u * r ** cfg.noise_power   # noise_power: r^k, r not an input (k = 0: unchanged)
     mag = np.exp(cfg.max_log_scale * np.tanh(np.mean(mm)))
     if n > 0:   # the built-in cosine over the run (1 with cosine_floor = 1)
         mag *= cfg.cosine_floor + (1 - cfg.cosine_floor) * 0.5 * (1 + np.cos(np.pi * min(t / n, 1.0)))
@@ -49,14 +50,15 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     return step
 
 
-@pytest.mark.parametrize("n, normalize, adam_scale, floor, horizon", [
-    (0, True, False, 1.0, 0), (8, True, False, 1.0, 0), (8, False, False, 1.0, 0),
-    (8, True, True, 1.0, 0), (3, True, False, 0.1, 0), (0, True, False, 0.1, 0),
-    (8, True, False, 0.1, 2), (8, True, False, 1.0, 8), (0, True, False, 1.0, 2)])
-def test_step_equals_formula(n, normalize, adam_scale, floor, horizon):
+@pytest.mark.parametrize("n, normalize, adam_scale, floor, horizon, noise_power", [
+    (0, True, False, 1.0, 0, 0.0), (8, True, False, 1.0, 0, 0.0), (8, False, False, 1.0, 0, 0.0),
+    (8, True, True, 1.0, 0, 0.0), (3, True, False, 0.1, 0, 0.0), (0, True, False, 0.1, 0, 0.0),
+    (8, True, False, 0.1, 2, 0.0), (8, True, False, 1.0, 8, 0.0), (0, True, False, 1.0, 2, 0.0),
+    (8, True, False, 0.1, 0, 0.5), (0, False, False, 1.0, 0, 1.0)])
+def test_step_equals_formula(n, normalize, adam_scale, floor, horizon, noise_power):
     cfg = NormMLPConfig(output_init_scale=1.0, weight_decay=0.1, lr=0.01, max_log_scale=1.0,
                         normalize_output=normalize, adam_scale=adam_scale, cosine_floor=floor,
-                        trained_horizon=horizon, horizon_power=0.7)
+                        trained_horizon=horizon, horizon_power=0.7, noise_power=noise_power)
     lopt = NormMLP(cfg)
     theta = jax.device_get(lopt.init(jax.random.PRNGKey(3)))
     state = lopt.opt_init(theta, P, n or None)
@@ -256,3 +258,38 @@ def test_config_errors():
                 {"trained_horizon": 2.5}, {"horizon_power": -1.0}):
         with pytest.raises(learned_opt.LearnedOptError, match=list(bad)[0]):
             learned_opt.make("norm_mlp", bad)
+
+
+def test_noise_power_shrinks_the_step_by_adams_rms_without_new_meta_parameters():
+    """``noise_power`` k: the same meta-parameters as k = 0 (so a trained rule can be fine-tuned
+    with it), the same state but for the carried per-tensor r, and every step times r^k (r: the
+    RMS of Adam's bias-corrected direction over the tensor, recomputed here in numpy)."""
+    base = NormMLP(NormMLPConfig(lr=0.01))
+    half = NormMLP(NormMLPConfig(lr=0.01, noise_power=0.5))
+    theta = jax.device_get(base.init(jax.random.PRNGKey(3)))
+    assert jax.tree.map(jnp.shape, half.init(jax.random.PRNGKey(3))) == jax.tree.map(jnp.shape, theta)
+    assert base.opt_init(theta, P).adam_rms is None
+    s_b, s_h = base.opt_init(theta, P, 8), half.opt_init(theta, P, 8)
+    p_b, s_b = base.opt_update(theta, s_b, G1, P, 0.0, KEY)
+    p_h, s_h = half.opt_update(theta, s_h, G1, P, 0.0, KEY)
+    for k in P:   # Adam's direction is sign(g): r^2 is the fraction of non-zero gradients
+        r1 = np.sqrt(np.mean(np.asarray(G1[k]) != 0))
+        np.testing.assert_allclose(np.asarray(P[k]) - p_h[k], r1 ** 0.5 * (np.asarray(P[k]) - p_b[k]),
+                                   rtol=1e-5, atol=1e-8)
+    assert np.sqrt(np.mean(G1["b"] != 0)) == 1.0 and np.sqrt(np.mean(G1["w"] != 0)) < 1
+    # a reversed gradient next: Adam's direction shrinks, and the step by exactly r^(1/2)
+    neg = jax.tree.map(lambda g: -np.asarray(g), G1)
+    q_b, _ = base.opt_update(theta, s_b, neg, P, 0.0, KEY)
+    q_h, s_h = half.opt_update(theta, s_h, neg, P, 0.0, KEY)
+    for k in P:
+        g = np.asarray(G1[k], np.float64)
+        m = 0.9 * 0.1 * g - 0.1 * g
+        v = 0.999 * 0.001 * g ** 2 + 0.001 * g ** 2
+        a = (m / (1 - 0.9 ** 2)) / (np.sqrt(v / (1 - 0.999 ** 2)) + 1e-8)
+        r = np.sqrt(np.mean(a ** 2))
+        assert 0.01 < r < 0.9
+        np.testing.assert_allclose(float(s_h.adam_rms[k]), r, rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(P[k]) - q_h[k], r ** 0.5 * (np.asarray(P[k]) - q_b[k]),
+                                   rtol=1e-4, atol=1e-8)
+    with pytest.raises(learned_opt.LearnedOptError, match="noise_power"):
+        NormMLPConfig(noise_power=0.5, adam_scale=True)

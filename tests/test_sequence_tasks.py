@@ -223,6 +223,8 @@ def test_nqm_gradient_mean_and_variance(spectrum):
     noise_std = np.sqrt(0.3 * np.sum(h * np.asarray(x["x"]) ** 2))
     assert abs(losses.mean() - clean) < 4 * noise_std / np.sqrt(n)
     np.testing.assert_allclose(losses.std(), noise_std, rtol=0.03)
+    # the curves' measure: the exact expectation of the batch loss
+    np.testing.assert_allclose(float(task.expected_loss(x)), clean, rtol=1e-6)
 
 
 def test_nqm_spectrum_matches_condition_number():

@@ -164,6 +164,7 @@ def test_quadratic_loss_matches_formula():
     keys = jax.random.split(jax.random.PRNGKey(0), 20000)
     mc = jax.jit(jax.vmap(lambda k: task.loss({"x": x}, k, task.sample_batch(k))))(keys).mean()
     np.testing.assert_allclose(mc, task.eval_loss({"x": x}), rtol=0.02)
+    np.testing.assert_allclose(task.expected_loss({"x": x}), task.eval_loss({"x": x}), rtol=1e-6)
 
 
 def test_quadratic_sampled_spectrum_and_normaliser():

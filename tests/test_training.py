@@ -1,5 +1,7 @@
 """tasks.training: the one definition of an inner step and of a training run, shared by
 meta-training (the Unroll's step), its periodic evaluation and every report."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +25,8 @@ def _sgd_by_hand(task, lr, key, num_steps, guard_lr=None):
         k = jax.random.fold_in(k_run, t)
         k_batch, k_loss, _ = jax.random.split(k, 3)
         loss, g = jax.value_and_grad(task.loss)(params, k_loss, task.sample_batch(k_batch))
-        losses.append(float(loss))
+        # the recorded loss: the exact expected loss where the task has one, else the batch's
+        losses.append(float(loss if task.expected_loss is None else task.expected_loss(params)))
         step = lambda r: jax.tree.map(lambda p, d: p - r * d, params, g)  # noqa: E731
         if guard_lr is None:
             params = step(lr)
@@ -44,6 +47,30 @@ def test_train_follows_the_documented_key_rule():
     tx = learned_opt.loss_guard(optax.sgd(0.05), optax.sgd(0.2))
     run = jax.jit(lambda k: training.train(task, tx, k, 12, guarded=True))(key)
     np.testing.assert_allclose(run.losses, _sgd_by_hand(task, 0.05, key, 12, guard_lr=0.2), rtol=1e-5)
+
+
+def test_a_curve_records_the_expected_loss_where_a_task_has_one():
+    """On the synthetic quadratics a step records the exact expected loss at the parameters
+    before the update (not the batch's noisy loss); the optimizer still gets the batch's loss
+    and gradient, so the trajectory is the same. Other tasks record the batch's loss."""
+    task = tasks.get_task("quadratic_10d")
+    assert task.expected_loss is not None
+    key = jax.random.PRNGKey(3)
+    run = jax.jit(lambda k: training.train(task, optax.sgd(0.05), k, 12))(key)
+    batch_task = dataclasses.replace(task, expected_loss=None)
+    batch = jax.jit(lambda k: training.train(batch_task, optax.sgd(0.05), k, 12))(key)
+    np.testing.assert_array_equal(run.params["x"], batch.params["x"])       # same steps
+    # by hand: E_b[1/2 sum h (x - c - b)^2] at each step's parameters
+    k_init, k_run, _ = jax.random.split(key, 3)
+    x = task.init(k_init)
+    for t in range(12):
+        k_batch, k_loss, _ = jax.random.split(jax.random.fold_in(k_run, t), 3)
+        np.testing.assert_allclose(run.losses[t], task.eval_loss(x), rtol=1e-5)
+        loss, g = jax.value_and_grad(task.loss)(x, k_loss, task.sample_batch(k_batch))
+        np.testing.assert_allclose(batch.losses[t], loss, rtol=1e-5)
+        x = jax.tree.map(lambda p, d: p - 0.05 * d, x, g)
+    assert np.max(np.abs(run.losses - batch.losses)) > 1e-3      # the two measures differ
+    assert tasks.get_task("mnist1d_mlp_relu").expected_loss is None
 
 
 def test_longer_runs_start_with_the_shorter_runs_steps():

@@ -98,13 +98,16 @@ def _settings(paths, cfg, suite) -> dict:
     for p in paths:
         with open(p, "rb") as f:
             digests.append(hashlib.sha256(f.read()).hexdigest()[:16])
-    return {"optimizers": digests, "seeds": cfg["seeds"], "max_tasks": cfg["max_tasks"],
-            "baselines": list(cfg["baselines"]), "adam_factor": cfg["adam_factor"],
-            "guards": list(cfg["guards"]), "suite": [suite.family, suite.family_kwargs, suite.num_tasks, suite.num_steps, suite.seed],
-            # the trajectory guard's rule: a record made under another rule is run again
-            "trajectory_guard": {"check_every": DEFAULT_CHECK_EVERY, "tolerance": DEFAULT_TOLERANCE,
-                                 "interim_tolerance": DEFAULT_INTERIM_TOLERANCE, "keep_state": DEFAULT_KEEP_STATE,
-                                 "scored_on_fallback": True}}
+    settings = {"optimizers": digests, "seeds": cfg["seeds"], "max_tasks": cfg["max_tasks"],
+                "baselines": list(cfg["baselines"]), "adam_factor": cfg["adam_factor"],
+                "guards": list(cfg["guards"]), "suite": [suite.family, suite.family_kwargs, suite.num_tasks, suite.num_steps, suite.seed],
+                # the trajectory guard's rule: a record made under another rule is run again
+                "trajectory_guard": {"check_every": DEFAULT_CHECK_EVERY, "tolerance": DEFAULT_TOLERANCE,
+                                     "interim_tolerance": DEFAULT_INTERIM_TOLERANCE, "keep_state": DEFAULT_KEEP_STATE,
+                                     "scored_on_fallback": True}}
+    if suite.curve != "batch":   # curves of the expected loss (2026-12-01): older records are rerun
+        settings["curve"] = suite.curve
+    return settings
 
 
 def _load_record(path: str, settings: dict) -> dict | None:

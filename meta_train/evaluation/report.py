@@ -98,7 +98,9 @@ def summarize_suite(res: dict) -> list[dict]:
 
 def _suite_section(res: dict, rows: list[dict], pngs: tuple[str, str]) -> list[str]:
     s = res["suite"]
-    lines = [f"## Suite `{s.name}`", "", s.title + f"; {res['num_seeds']} seeds per task.", "",
+    measure = (" Curves and speedups use the tasks' exact expected training loss, not the "
+               "batch's noisy one." if s.curve == "expected" else "")
+    lines = [f"## Suite `{s.name}`", "", s.title + f"; {res['num_seeds']} seeds per task.{measure}", "",
              "| optimizer | speedup over tuned Adam: median [q25, q75] | tasks faster than Adam | "
              "final loss / tuned Adam: median | worst task | test loss / tuned Adam (median) | "
              "diverged | guard rate (steps on Adam's proposal / checks that switched) |",
