@@ -16,10 +16,16 @@ switch; ``keep+mid0.2`` / ``keep+mid0.5`` also allow 20% / 50% at the checks bef
 
     python benchmarks/guard_settings.py general --suite mnist1d_conv --suite digits_mlp
     python benchmarks/guard_settings.py general --suite text_rnn --rules reset keep+mid0.5
+    python benchmarks/guard_settings.py general --held-out --rules keep keep+mid0.2 keep+mid0.5 final
+
+``--held-out`` draws each suite's tasks, initialisations and batches from another seed
+(``tasks.suites.HELDOUT_SEED``): the same kinds of problem, none of the bench's tasks, to check a
+rule chosen on the bench's tasks.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -43,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--suite", action="append", help="suites (default: %s)" % ", ".join(DEFAULT_SUITES))
     p.add_argument("--tasks", type=int, default=4, help="first tasks of each suite (the bench's: 4)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per task (the bench's: 2)")
+    p.add_argument("--held-out", action="store_true",
+                   help="tasks of the same suites from another seed (none of the bench's tasks)")
     p.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES),
                    help="guard rules to run (default: all)")
     args = p.parse_args(argv)
@@ -57,13 +65,16 @@ def main(argv=None) -> int:
     from learned_opt.trajectory_guard import trajectory_guarded
     from meta_train.evaluation import compare as C
     from meta_train.evaluation import speedup as sp
-    from tasks.suites import get_suite
+    from tasks.suites import HELDOUT_SEED, get_suite
 
     compile_cache.enable()
     lopt, theta, _ = learned_opt.load(args.checkpoint)
     names = args.suite or list(DEFAULT_SUITES)
     suites = [get_suite(n) for n in names]          # unknown names fail here, before any work
-    print(f"{args.checkpoint}: {args.tasks} tasks x {args.seeds} seeds per suite; median speedup over "
+    if args.held_out:
+        suites = [dataclasses.replace(s, seed=HELDOUT_SEED) for s in suites]
+    which = " (held-out tasks)" if args.held_out else ""
+    print(f"{args.checkpoint}: {args.tasks} tasks{which} x {args.seeds} seeds per suite; median speedup over "
           "tuned Adam / worst task's final loss over tuned Adam's / switch rate / runs ended on Adam",
           flush=True)
     rows = []

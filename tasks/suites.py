@@ -3,14 +3,17 @@
 A suite is ``num_tasks`` tasks of one registered family, each trained for ``num_steps`` steps.
 Task ``i`` of a suite is ``family.sample(keys[i])`` and trains with ``keys[num_tasks + i]`` of
 ``split(PRNGKey(seed), 2 * num_tasks)`` (:meth:`Suite.tasks`); the same name always means the same
-tasks, initialisations and batches, on any machine. Two seeds, two streams that no meta-training
+tasks, initialisations and batches, on any machine. Three seeds, three streams that no meta-training
 run draws from (meta-training samples its tasks from keys split off the run's own seed):
 
 - ``SUITE_SEED``: every report suite (named suites, and the suites ``lopt report`` derives from a
   checkpoint's meta-training config with :func:`suites_for`);
 - ``PERIODIC_EVAL_SEED``: the tasks meta-training evaluates every ``eval_every`` outer steps
   (:func:`periodic_eval_keys`), a separate stream so that tracking progress during meta-training
-  never looks at the report's tasks.
+  never looks at the report's tasks;
+- ``HELDOUT_SEED``: the same suites with other tasks (``dataclasses.replace(suite,
+  seed=HELDOUT_SEED)``), to check a setting chosen on the report suites on tasks it was not chosen
+  on (``benchmarks/guard_settings.py --held-out``).
 
 Kinds, relative to the meta-training distribution:
 - ``in_distribution``: unseen configs and seeds of the meta-training family, at the
@@ -32,6 +35,7 @@ from tasks.registry import get_family
 
 SUITE_SEED = 20_240_917          # report suites
 PERIODIC_EVAL_SEED = 10_000_019  # meta-training's periodic evaluation
+HELDOUT_SEED = 30_000_023        # held-out checks of a setting chosen on the report suites
 KINDS = ("in_distribution", "long_horizon", "ood_dataset", "ood_architecture")
 
 
