@@ -127,3 +127,18 @@ def test_tuned_runs_are_the_runs_at_the_tuned_rates():
                     for j in range(2)]
             other = np.mean([ev.final_loss(np.asarray(r.losses)) for r in runs])
             assert chosen <= other * (1 + 1e-4) or not np.isfinite(other)
+
+
+def test_held_out_bench_suites_are_other_tasks_of_the_same_suites():
+    """``lopt bench --held-out``: the same suites (family, horizon, number of tasks) with tasks,
+    initialisations and batches from HELDOUT_SEED; its records are apart from the default's."""
+    from meta_train.evaluation.bench import _settings, bench_suites
+    from tasks.suites import HELDOUT_SEED
+    plain, held = bench_suites(["quadratic_30d"])[0], bench_suites(["quadratic_30d"], held_out=True)[0]
+    assert (held.name, held.family, held.num_steps, held.seed) == (plain.name, plain.family,
+                                                                   plain.num_steps, HELDOUT_SEED)
+    (c0, k0), (c1, k1) = plain.tasks(), held.tasks()
+    assert not np.any(np.all(np.asarray(k0)[:, None] == np.asarray(k1)[None], -1))
+    assert not np.allclose(np.asarray(c0["eigs"]), np.asarray(c1["eigs"]))
+    cfg = {"seeds": 2, "max_tasks": 4, "baselines": [], "adam_factor": 4, "guards": []}
+    assert _settings([], cfg, plain) != _settings([], cfg, held)

@@ -22,6 +22,7 @@ reused by a rerun with the same settings, so a killed bench resumes where it sto
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -42,7 +43,7 @@ from meta_train.evaluation import report as rp
 from meta_train.evaluation import speedup as sp
 from meta_train.evaluation import stats
 from meta_train.evaluation.plots import plot_profiles
-from tasks.suites import SUITES, get_suite
+from tasks.suites import HELDOUT_SEED, SUITES, get_suite
 
 # CPU-sized default vs --full: seeds per task, tasks per suite (None = all), baselines.
 DEFAULT = {"seeds": 2, "max_tasks": 2, "baselines": cmp.DEFAULT_BASELINES, "adam_factor": 4}
@@ -171,21 +172,32 @@ def guard_table(records: list[dict], entries_labels: list[str]) -> list[dict]:
     return out
 
 
+def bench_suites(suite_names=None, held_out: bool = False) -> list:
+    """The named suites (default: all); with ``held_out`` their tasks, initialisations and batches
+    come from ``tasks.suites.HELDOUT_SEED`` instead: the same kinds of problem, none of the
+    bench's own tasks (an out-of-sample check of anything chosen by looking at the bench)."""
+    suites = [get_suite(n) for n in (suite_names or list(SUITES))]
+    return [dataclasses.replace(s, seed=HELDOUT_SEED) for s in suites] if held_out else suites
+
+
 def run_bench(optimizers=None, suite_names=None, out_dir: str = "runs/bench", full: bool = False,
               seeds: int | None = None, max_tasks: int | None = None, reps: int = stats.DEFAULT_REPS,
-              progress=None, command: str | None = None, baselines=None, guard=True) -> dict:
+              progress=None, command: str | None = None, baselines=None, guard=True,
+              held_out: bool = False) -> dict:
     """Run (or resume) the bench and write ``leaderboard.md``, ``bench.json`` and the plots into
     ``out_dir``. ``optimizers``: checkpoint paths or shipped names (default: all shipped);
     ``suite_names``: default all named suites; ``full``: all tasks of each suite and 3 seeds
     (default: the first 2 tasks, 2 seeds); ``seeds``/``max_tasks``/``baselines`` (names of
     ``learned_opt.baselines.LR_GRIDS`` besides Adam) override either; ``guard``: which guards
-    (``compare.guard_kinds``: True = both, False = none)."""
+    (``compare.guard_kinds``: True = both, False = none); ``held_out``: the suites' held-out
+    tasks (:func:`bench_suites`)."""
     names = list(optimizers or shipped_names())
     if not names:
         raise LearnedOptError("no optimizers to benchmark: none shipped and none given")
     paths = [resolve(n) for n in names]
-    suites = [get_suite(n) for n in (suite_names or list(SUITES))]
+    suites = bench_suites(suite_names, held_out)
     cfg = dict(FULL if full else DEFAULT)
+    cfg["held_out"] = held_out
     if seeds is not None:
         cfg["seeds"] = seeds
     if max_tasks is not None:
@@ -276,7 +288,10 @@ def render(records, board, guards, costs, cfg, full, wall, command, paths, reps)
     lines = ["# Learned optimizer benchmark", "",
              f"{len(records)} suites, {n_tasks} tasks, {cfg['seeds']} seeds per task "
              f"({'all tasks of each suite' if cfg['max_tasks'] is None else 'the first %d tasks of each suite' % cfg['max_tasks']}"
-             f"{'' if full else '; `lopt bench --full` runs them all with 3 seeds'}).", "",
+             f"{'' if full else '; `lopt bench --full` runs them all with 3 seeds'})"
+             + (f"; **held-out tasks**: every suite's tasks, initialisations and batches drawn from "
+                f"seed {HELDOUT_SEED} (`tasks.suites.HELDOUT_SEED`), none of the default bench's"
+                if cfg.get("held_out") else "") + ".", "",
              "**Score** of a run: its speedup over tuned Adam at the last step (`meta_train.evaluation."
              "speedup`: how many steps Adam, with the best of 11 learning rates chosen in hindsight at "
              "every step, needs to reach the run's smoothed final loss, divided by the run's steps; > 1 "
