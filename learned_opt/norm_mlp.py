@@ -296,7 +296,7 @@ class NormMLP(LearnedOptimizer):
         if cfg.adam_scale:
             u = u * x.reshape(-1, x.shape[-1])[0, self.constant_channels()[1] - 1]   # r
         if cfg.noise_power > 0:
-            u = u * jnp.power(noise, cfg.noise_power)
+            u = u * jnp.power(jnp.maximum(noise, 1e-12), cfg.noise_power)   # finite gradient at r = 0
         live = (jnp.sum(jnp.square(x[..., 0])) > 0).astype(jnp.float32)
         mag = jnp.exp(cfg.max_log_scale * jnp.tanh(jnp.mean(m)))
         if cfg.cosine_floor < 1.0:

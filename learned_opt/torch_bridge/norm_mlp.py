@@ -118,7 +118,7 @@ class NormMLPRule(Rule):
         if cfg.adam_scale:
             u = u * r
         if cfg.noise_power > 0:
-            u = u * torch.pow(r, cfg.noise_power)
+            u = u * torch.pow(torch.clamp(r, min=1e-12), cfg.noise_power)
         live = (torch.sum(x[..., 0].square()) > 0).to(F32)
         mag = torch.exp(cfg.max_log_scale * torch.tanh(torch.mean(mm)))
         if cfg.cosine_floor < 1.0 and float(tau[1]) > 0:
