@@ -29,6 +29,7 @@ DEFAULT_ADAM_LR = 1e-3
 class TaskCurves(NamedTuple):
     """What :func:`run_task` returns (with leading axes added by the vmapped sweeps)."""
     losses: Any       # (num_steps,) training loss at step t, on step t's batch, before the update
+                      # (a task's exact expected loss instead where it has one: Task.expected_loss)
     test_loss: Any    # held-out loss at the final parameters
     rate: Any         # the guard's fallback / switch rate; NaN unguarded
     final_loss: Any   # training loss at the final parameters (tasks.training.final_train_loss)
@@ -48,7 +49,8 @@ def finalize_trajectory(params, opt_state, decide):
 def run_task(task, tx, key, num_steps, guard: bool = False) -> TaskCurves:
     """Train ``task`` with optax ``tx`` (``tasks.training.train``). Returns
     :class:`TaskCurves` (train losses (num_steps,), final test loss, guard rate, final training
-    loss). The training loss at step t is measured on step t's batch before the update; the final
+    loss). The training loss at step t is measured on step t's batch before the update (or is the
+    task's exact expected loss at those parameters, ``Task.expected_loss``, where it has one); the final
     training loss at the parameters the run returns (``tasks.training.final_train_loss``: the
     whole training split) (a guard that ends on its fallback's parameters has exactly the fallback's).
 
