@@ -25,7 +25,6 @@ rule chosen on the bench's tasks.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -65,14 +64,12 @@ def main(argv=None) -> int:
     from learned_opt.trajectory_guard import trajectory_guarded
     from meta_train.evaluation import compare as C
     from meta_train.evaluation import speedup as sp
-    from tasks.suites import HELDOUT_SEED, get_suite
+    from meta_train.evaluation.bench import bench_suites
 
     compile_cache.enable()
     lopt, theta, _ = learned_opt.load(args.checkpoint)
     names = args.suite or list(DEFAULT_SUITES)
-    suites = [get_suite(n) for n in names]          # unknown names fail here, before any work
-    if args.held_out:
-        suites = [dataclasses.replace(s, seed=HELDOUT_SEED) for s in suites]
+    suites = bench_suites(names, args.held_out)     # unknown names fail here, before any work
     which = " (held-out tasks)" if args.held_out else ""
     print(f"{args.checkpoint}: {args.tasks} tasks{which} x {args.seeds} seeds per suite; median speedup over "
           "tuned Adam / worst task's final loss over tuned Adam's / switch rate / runs ended on Adam",

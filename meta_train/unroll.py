@@ -86,7 +86,8 @@ def learned_optimizer_unroll(lopt, family, episode_length=(100, 1000),
     and each step is ``tasks.training.train_step`` (the one definition of an inner step: batch,
     loss key, guard batch) with the learned optimizer's update.
     The meta-loss term is the task's normalised training loss *before* the step (the
-    batch's, or the exact expected loss of a task that has one: ``train_step``) (clipped at ``max_meta_loss``; NaN stays NaN so estimators can mask it). With
+    batch's, or the exact expected loss of a task that has one: ``train_step``), clipped at
+    ``max_meta_loss`` (NaN stays NaN so estimators can mask it). With
     ``log_loss`` it is ``log(max(normalised loss, 1e-6))`` instead: every halving of the loss
     counts the same, early or late in the episode, so late progress is not drowned out by the
     large early drops (the speedup metric at the end of training rewards exactly that).

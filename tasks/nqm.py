@@ -103,10 +103,6 @@ class NQMFamily(TaskFamily):
             x = params["x"]
             return clean_loss(x) + jnp.sum(noise_std * batch * x)
 
-        def clean_loss_of(params):
-            """E_b[L(x; b)] = L(x), the expected training loss."""
-            return clean_loss(params["x"])
-
         def sample_batch(key, split="train"):
             if split not in SPLITS:
                 raise TaskError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -120,4 +116,4 @@ class NQMFamily(TaskFamily):
 
         return Task(name=self.name, init=init, loss=loss, sample_batch=sample_batch,
                     normalizer=lambda l: l / initial_loss, eval_loss=eval_loss,
-                    expected_loss=clean_loss_of)
+                    expected_loss=eval_loss)   # E_b[L(x; b)] = L(x), any split

@@ -13,7 +13,8 @@ run draws from (meta-training samples its tasks from keys split off the run's ow
   never looks at the report's tasks;
 - ``HELDOUT_SEED``: the same suites with other tasks (``dataclasses.replace(suite,
   seed=HELDOUT_SEED)``), to check a setting chosen on the report suites on tasks it was not chosen
-  on (``benchmarks/guard_settings.py --held-out``).
+  on (``meta_train.evaluation.bench.bench_suites``: ``lopt bench --held-out``,
+  ``benchmarks/guard_settings.py --held-out``).
 
 Kinds, relative to the meta-training distribution:
 - ``in_distribution``: unseen configs and seeds of the meta-training family, at the
