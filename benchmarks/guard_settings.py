@@ -20,7 +20,8 @@ switch; ``keep+mid0.2`` / ``keep+mid0.5`` also allow 20% / 50% at the checks bef
 
 ``--held-out`` draws each suite's tasks, initialisations and batches from another seed
 (``tasks.suites.HELDOUT_SEED``): the same kinds of problem, none of the bench's tasks, to check a
-rule chosen on the bench's tasks.
+rule chosen on the bench's tasks. ``--reference-cache DIR`` reads Adam's runs from (or keeps them
+in) the cache ``lopt bench --reference-cache DIR`` writes (``meta_train.evaluation.references``).
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ def main(argv=None) -> int:
                    help="tasks of the same suites from another seed (none of the bench's tasks)")
     p.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES),
                    help="guard rules to run (default: all)")
+    p.add_argument("--reference-cache", metavar="DIR",
+                   help="reuse tuned Adam's runs kept in DIR by `lopt bench --reference-cache DIR` "
+                        "(or keep them there)")
     args = p.parse_args(argv)
 
     import jax.numpy as jnp
@@ -83,14 +87,13 @@ def main(argv=None) -> int:
         keys = C.seed_keys(task_keys, args.seeds)
         window = C.speedup_window(T)
         grid = np.asarray(LR_GRIDS["adam"], np.float32)
-        g = C._grid_curves(fam, cfgs, keys, optax.adam, grid, 4 * T).losses
-        env = np.stack([sp.reference_envelope(g[:, i], window) for i in range(n)])
-        lr = grid[C._tune(g, grid, T)]
-        adam = C._curves(fam, cfgs, keys, lambda r, _: optax.adam(r), jnp.asarray(lr), 0, T)
+        ref = C.suite_adam_reference(suite, cfgs, keys, grid, 4, args.reference_cache)
+        env, lr = ref.envelopes, grid[ref.best]
+        adam_losses, adam_final = ref.tuned[0], ref.tuned[2]
 
         def summary(losses, final, rate=float("nan"), ended=0):
             s = [sp.speedup_curve(losses[i], env[i], window)[0].value for i in range(n)]
-            worst = float(np.max(np.mean(final, axis=1) / np.mean(adam.final_loss, axis=1)))
+            worst = float(np.max(np.mean(final, axis=1) / np.mean(adam_final, axis=1)))
             return float(np.median(s)), worst, rate, ended
 
         un = C._curves(fam, cfgs, keys, lambda _, th: lopt.as_optax(th, T), jnp.zeros(n), theta, T)
@@ -99,7 +102,7 @@ def main(argv=None) -> int:
             make = lambda r, th, kw=RULES[rule]: trajectory_guarded(  # noqa: E731
                 lopt, th, optax.adam(r), num_steps=T, **kw)
             run = C._curves(fam, cfgs, keys, make, jnp.asarray(lr), theta, T, guard=True)
-            scored = C.score_on_fallback(run.losses, run.on_fallback, adam.losses, window)
+            scored = C.score_on_fallback(run.losses, run.on_fallback, adam_losses, window)
             out[rule] = summary(scored, run.final_loss, float(np.mean(run.rate)),
                                 int(np.sum(run.on_fallback)))
         for label, (med, worst, rate, ended) in out.items():

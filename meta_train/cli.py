@@ -178,7 +178,8 @@ def cmd_bench(args) -> int:
     r = run_bench(args.optimizers or None, args.suite, out_dir=args.out, full=args.full,
                   seeds=args.seeds, max_tasks=args.max_tasks, reps=args.reps, progress=progress,
                   command=command, baselines=args.baselines,
-                  guard=False if args.no_guard else _guards(args.guards), held_out=args.held_out)
+                  guard=False if args.no_guard else _guards(args.guards), held_out=args.held_out,
+                  reference_cache=args.reference_cache)
     print(f"leaderboard -> {r['path']} ({r['wall_s']:.0f} s); IQM speedup over tuned Adam [95% CI]:")
     print("\n".join(summary_lines(r)))
     return 0
@@ -344,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--held-out", action="store_true",
                    help="other tasks of the same suites (drawn from another seed): an out-of-sample "
                         "check of settings chosen by looking at the bench")
+    b.add_argument("--reference-cache", metavar="DIR",
+                   help="keep tuned Adam's runs on each suite in DIR and reuse them when the same "
+                        "suite is benched again (same tasks, seeds, code, jax and device): most of "
+                        "a bench's time, and independent of the optimizers benched")
     b.add_argument("--reps", type=int, default=2000, help="bootstrap replicates (default: %(default)s)")
     b.add_argument("--out", default="runs/bench", help="output directory (default: %(default)s)")
     b.add_argument("--no-progress", action="store_true", help="no progress messages")

@@ -183,14 +183,16 @@ def bench_suites(suite_names=None, held_out: bool = False) -> list:
 def run_bench(optimizers=None, suite_names=None, out_dir: str = "runs/bench", full: bool = False,
               seeds: int | None = None, max_tasks: int | None = None, reps: int = stats.DEFAULT_REPS,
               progress=None, command: str | None = None, baselines=None, guard=True,
-              held_out: bool = False) -> dict:
+              held_out: bool = False, reference_cache: str | None = None) -> dict:
     """Run (or resume) the bench and write ``leaderboard.md``, ``bench.json`` and the plots into
     ``out_dir``. ``optimizers``: checkpoint paths or shipped names (default: all shipped);
     ``suite_names``: default all named suites; ``full``: all tasks of each suite and 3 seeds
     (default: the first 2 tasks, 2 seeds); ``seeds``/``max_tasks``/``baselines`` (names of
     ``learned_opt.baselines.LR_GRIDS`` besides Adam) override either; ``guard``: which guards
     (``compare.guard_kinds``: True = both, False = none); ``held_out``: the suites' held-out
-    tasks (:func:`bench_suites`)."""
+    tasks (:func:`bench_suites`); ``reference_cache``: a directory where Adam's runs on each
+    suite are kept for the next bench of the same suites (``meta_train.evaluation.references``;
+    the results are the same with or without it)."""
     names = list(optimizers or shipped_names())
     if not names:
         raise LearnedOptError("no optimizers to benchmark: none shipped and none given")
@@ -223,7 +225,8 @@ def run_bench(optimizers=None, suite_names=None, out_dir: str = "runs/bench", fu
             say(f"[{k + 1}/{len(suites)}] {suite.name} ({time.time() - t0:.0f} s so far)")
             res, rows, pngs = rp.evaluate_suite(
                 suite, entries, out_dir, guard=cfg["guards"], progress=say, seeds=cfg["seeds"],
-                baselines=cfg["baselines"], adam_factor=cfg["adam_factor"], num_tasks=n)
+                baselines=cfg["baselines"], adam_factor=cfg["adam_factor"], num_tasks=n,
+                reference_cache=reference_cache)
             rec = suite_record(res, rows, pngs, settings)
             atomic_write_text(path, json.dumps(rec))
         records.append(rec)

@@ -29,6 +29,7 @@ from learned_opt.baselines import LR_GRIDS, make_baseline
 from learned_opt.loss_guard import guarded
 from learned_opt.trajectory_guard import DEFAULT_CHECK_EVERY, trajectory_guarded
 from meta_train.evaluation import curves as ev
+from meta_train.evaluation import references as refs
 from meta_train.evaluation import speedup as sp
 from tasks.suites import Suite
 
@@ -124,6 +125,48 @@ def _tune(grid_losses, grid, num_steps):
     return np.argmin(fin, axis=0)
 
 
+def adam_reference(fam, cfgs, keys, grid, num_steps: int, adam_factor: int) -> refs.AdamReference:
+    """Adam over ``grid`` for ``adam_factor * num_steps`` steps on every task and seed: the
+    speedup's reference envelopes, each task's tuned grid index (seed-averaged final training
+    loss at ``num_steps``), and the ``num_steps``-step runs at lr 1e-3 and at the tuned rate."""
+    n = len(keys)
+    g_losses = _grid_curves(fam, cfgs, keys, optax.adam, grid, adam_factor * num_steps).losses
+    window = speedup_window(num_steps)
+    envelopes = np.stack([sp.reference_envelope(g_losses[:, i], window) for i in range(n)])
+    best = _tune(g_losses, grid, num_steps)
+    default = np.full(n, ev.DEFAULT_ADAM_LR, np.float32)
+    # T-step runs at the chosen rates, default and tuned in one call: their curves equal the
+    # grid's first T steps (same keys), but the test loss needs the parameters at step T.
+    both = _curves(fam, jax.tree.map(lambda x: jnp.concatenate([x, x]), cfgs),
+                   jnp.concatenate([keys, keys]), lambda lr, _: optax.adam(lr),
+                   jnp.asarray(np.concatenate([default, grid[best]])), 0, num_steps)
+    parts = [tuple(x[j * n:(j + 1) * n] for x in (both.losses, both.test_loss, both.final_loss))
+             for j in range(2)]
+    return refs.AdamReference(envelopes, best, parts[0], parts[1])
+
+
+def suite_adam_reference(suite: Suite, cfgs, keys, grid, adam_factor: int,
+                         reference_cache: str | None = None, say=None) -> refs.AdamReference:
+    """:func:`adam_reference` on ``suite``'s tasks ``cfgs`` with seed keys ``keys`` (tasks,
+    seeds), read from ``reference_cache`` when it holds them under the same key, else computed
+    (and written there)."""
+    say = say or (lambda msg: None)
+    T, (n, num_seeds) = suite.num_steps, keys.shape[:2]
+    path = None
+    if reference_cache:
+        key, settings = refs.reference_key(suite, n, num_seeds, adam_factor, grid)
+        path = refs.cache_path(reference_cache, suite.name, key)
+        ref = refs.load(path, key, say)
+        if ref is not None:
+            say(f"{suite.name}: Adam's runs from the reference cache {path}")
+            return ref
+    say(f"{suite.name}: Adam over {len(grid)} learning rates x {adam_factor * T} steps")
+    ref = adam_reference(suite.task_family, cfgs, keys, grid, T, adam_factor)
+    if path is not None:
+        refs.save(path, key, settings, ref)
+    return ref
+
+
 DEFAULT_BASELINES = ("adamw", "momentum", "rmsprop", "lion", "radam")
 
 
@@ -139,7 +182,8 @@ def check_baselines(baselines) -> tuple[str, ...]:
 
 def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
               num_seeds: int = 3, baselines=DEFAULT_BASELINES, adam_factor: int = 4,
-              check_every: int = DEFAULT_CHECK_EVERY, num_tasks: int | None = None) -> dict:
+              check_every: int = DEFAULT_CHECK_EVERY, num_tasks: int | None = None,
+              reference_cache: str | None = None) -> dict:
     """Every optimizer on every task of the suite (its first ``num_tasks``, default all) with
     ``num_seeds`` seeds.
 
@@ -151,6 +195,8 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
     rate as the fallback (the trajectory guard checks every ``check_every`` steps and at T). A
     trajectory-guarded run that ends on its fallback's parameters is scored on the fallback's
     last steps (:func:`score_on_fallback`: the fallback run is tuned Adam's own, same keys).
+    ``reference_cache``: a directory where Adam's runs (:func:`adam_reference`) are kept and
+    reused by later calls with the same key (``meta_train.evaluation.references``).
 
     Returns {"suite", "labels", "curves": {label: (tasks, seeds, T)}, "test": {label: (tasks,
     seeds)}, "final": {label: (tasks, seeds)} (training loss at the final parameters),
@@ -165,20 +211,12 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
     curves, test, final, fallback, tuned, kinds, ended = {}, {}, {}, {}, {}, {}, {}
     window = speedup_window(T)
 
-    say(f"{suite.name}: Adam over {len(LR_GRIDS['adam'])} learning rates x {adam_factor * T} steps")
     grid = np.asarray(LR_GRIDS["adam"], np.float32)
-    g_losses = _grid_curves(fam, cfgs, keys, optax.adam, grid, adam_factor * T).losses
-    envelopes = np.stack([sp.reference_envelope(g_losses[:, i], window) for i in range(n)])
-    best = _tune(g_losses, grid, T)
+    ref = suite_adam_reference(suite, cfgs, keys, grid, adam_factor, reference_cache, say)
+    envelopes, best = ref.envelopes, ref.best
     default = np.full(n, ev.DEFAULT_ADAM_LR, np.float32)
-    # T-step runs at the chosen rates, default and tuned in one call: their curves equal the
-    # grid's first T steps (same keys), but the test loss needs the parameters at step T.
-    both = _curves(fam, jax.tree.map(lambda x: jnp.concatenate([x, x]), cfgs),
-                   jnp.concatenate([keys, keys]), lambda lr, _: optax.adam(lr),
-                   jnp.asarray(np.concatenate([default, grid[best]])), 0, T)
-    for j, (label, lrs) in enumerate(((ADAM_DEFAULT, default), (ADAM_TUNED, grid[best]))):
-        curves[label], test[label], final[label] = (x[j * n:(j + 1) * n] for x in
-                                                    (both.losses, both.test_loss, both.final_loss))
+    for label, lrs, part in ((ADAM_DEFAULT, default, ref.default), (ADAM_TUNED, grid[best], ref.tuned)):
+        curves[label], test[label], final[label] = part
         tuned[label] = lrs
     for name in baselines:
         say(f"{suite.name}: {name} over {len(LR_GRIDS[name])} learning rates")

@@ -162,15 +162,18 @@ def step_costs(suite, entries, guard=True, num_steps: int = 200, repeats: int = 
 
 
 def evaluate_suite(suite, entries, out_dir: str, guard=True, progress=None, seeds: int = 3,
-                   baselines=cmp.DEFAULT_BASELINES, adam_factor: int = 4, num_tasks: int | None = None):
+                   baselines=cmp.DEFAULT_BASELINES, adam_factor: int = 4, num_tasks: int | None = None,
+                   reference_cache: str | None = None):
     """One suite of a report (or of ``lopt bench``): ``compare.run_suite`` (on a long-horizon
     suite with no baselines besides Adam and Adam's reference at most 2x the horizon, to bound
-    the cost), :func:`summarize_suite`, and its two PNGs written into ``out_dir``. Returns (res,
-    rows, (curves png, speedup png))."""
+    the cost), :func:`summarize_suite`, and its two PNGs written into ``out_dir``; Adam's runs
+    from/to ``reference_cache`` (``compare.run_suite``). Returns (res, rows, (curves png,
+    speedup png))."""
     long = suite.kind == "long_horizon"
     res = cmp.run_suite(suite, entries, guard=guard, progress=progress, num_seeds=seeds,
                         baselines=() if long else baselines,
-                        adam_factor=min(2, adam_factor) if long else adam_factor, num_tasks=num_tasks)
+                        adam_factor=min(2, adam_factor) if long else adam_factor, num_tasks=num_tasks,
+                        reference_cache=reference_cache)
     rows = summarize_suite(res)
     pngs = (f"suite_{suite.name}.png", f"speedup_{suite.name}.png")
     mean_curves = {k: v.mean(axis=1) for k, v in res["curves"].items()}
