@@ -192,7 +192,8 @@ DMD_ON = {"dmd_window": 8, "dmd_rank": 3}   # DMD features: last 8 gradients, ra
 # coordinates (per-tensor scales 0.1-10), loss scale 0.01-100, batch 10-100% of its rows.
 GENERAL_AUGMENT = {"reparam": [0.1, 10.0], "loss_scale": [0.01, 100.0], "batch_fraction": [0.1, 1.0]}
 # The general optimizer's meta-training mixture. Held out for evaluation: other datasets (digits),
-# wider networks, autoencoders, sequence models, attention, 2-D convs, NQM, longer horizons.
+# wider networks, autoencoders, GRUs and text other than source code, attention, 2-D convs, NQM,
+# longer horizons.
 GENERAL_FAMILIES = (
     {"family": "mnist1d_mlp", "augment": GENERAL_AUGMENT, "num_pairs": 8, "label": "mlp32x2_aug"},
     {"family": "mnist1d_mlp", "kwargs": {"hidden_sizes": [64, 64]}, "label": "mlp64x2"},
@@ -201,6 +202,9 @@ GENERAL_FAMILIES = (
                                        "widths": [16, 32, 64, 128, 256]}, "label": "image_mlp"},
     {"family": "mnist1d_conv", "label": "conv1d"},
     {"family": "quadratic", "label": "quadratic"},
+    # character LSTMs on Python source (the text_rnn suite is GRUs, 64 wide, on docstrings)
+    {"family": "text_rnn", "kwargs": {"corpus": "stdlib_code", "cell": "lstm", "hidden_size": 32,
+                                      "seq_len": 16, "batch_size": 16}, "label": "char_lstm"},
 )
 
 NAMED_CONFIGS: dict[str, TrainConfig] = {
@@ -219,15 +223,15 @@ NAMED_CONFIGS: dict[str, TrainConfig] = {
        if (arch, suffix) != ("mlp", "")},
     "general": TrainConfig(
         # trained_horizon = max_episode_length: runs longer than any episode take smaller steps;
-        # input_names: embedding tables are muP input weights (no family here has one)
+        # input_names: embedding tables are muP input weights (char_lstm's)
         architecture="norm_mlp", lopt_config={"orthogonalize": True, "trained_horizon": 2000,
                                               "input_names": ["embed"]}, estimator="pes", num_pairs=4, truncation_length=20,
         min_episode_length=100, max_episode_length=2000, hide_length=0.2, meta_loss="log",
         meta_lr=1e-3, meta_lr_final=1e-4, outer_steps=10000, eval_every=500, eval_steps=400,
         checkpoint_every=25, families=GENERAL_FAMILIES,
         description="The general optimizer: norm_mlp (normalised, muP-scaled, time-conditioned, "
-                    "Newton-Schulz orthogonalised matrix steps) meta-trained with PES on a mixture of 6 families (MLPs of widths 16-256 and "
-                    "depths 1-2, one with augmentation, conv nets, quadratics), "
+                    "Newton-Schulz orthogonalised matrix steps) meta-trained with PES on a mixture of 7 families (MLPs of widths 16-256 and "
+                    "depths 1-2, one with augmentation, conv nets, quadratics, character LSTMs), "
                     "episodes 100-2000 steps, log meta-loss."),
     "digits": TrainConfig(
         family="digits_mlp",
