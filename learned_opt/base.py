@@ -124,6 +124,12 @@ class LearnedOptimizer:
         new_params = jax.tree.map(lambda p, u: (p - u).astype(jnp.result_type(p)), params, steps)
         return new_params, new_state._replace(dmd=dmd_state)
 
+    def adapt_theta(self, theta: PyTree, source: "LearnedOptimizer") -> PyTree | None:
+        """``source``'s meta-parameters ``theta`` mapped onto this optimizer's when this one only
+        adds meta-parameters that can start as a no-op (fine-tuning a trained rule with a new
+        input, ``init_from``); None when there is no such map (the default)."""
+        return None
+
     # -- the hooks
     def init_slots(self, theta: PyTree, params: PyTree) -> dict:
         """The architecture's own state fields at step 0 (all but ``iteration`` and ``dmd``)."""

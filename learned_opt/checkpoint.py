@@ -150,7 +150,8 @@ def load(path: str) -> Loaded:
 def load_theta(path: str, lopt: LearnedOptimizer, same_config: bool = True) -> PyTree:
     """Load theta for the given optimizer; its architecture and config must match the file's
     (``same_config=False``: only its architecture and every meta-parameter's shape, e.g. to
-    fine-tune a rule under an option that adds no meta-parameter)."""
+    fine-tune a rule under an option that adds no meta-parameter, or under one whose new
+    meta-parameters start as a no-op: ``LearnedOptimizer.adapt_theta``)."""
     header, arrays = _read(path)
     _check_header(path, header)
     if header.get("architecture") != lopt.architecture:
@@ -158,7 +159,19 @@ def load_theta(path: str, lopt: LearnedOptimizer, same_config: bool = True) -> P
             f"{path} holds a {header.get('architecture')!r} optimizer, not {lopt.architecture!r}; "
             "use learned_opt.load(path) to rebuild the optimizer it was saved with")
     if not same_config:
-        return _build_theta(path, header, arrays, lopt)
+        try:
+            return _build_theta(path, header, arrays, lopt)
+        except CheckpointError:
+            # a rule with inputs the file's lacks, which start as a no-op (adapt_theta)
+            source = _optimizer_from_header(path, header)
+            adapted = lopt.adapt_theta(_build_theta(path, header, arrays, source), source)
+            if adapted is None:
+                raise
+            want = _template(lopt)
+            if jax.tree.structure(adapted) != jax.tree.structure(want) or any(
+                    np.shape(a) != w.shape for a, w in zip(jax.tree.leaves(adapted), jax.tree.leaves(want))):
+                raise
+            return adapted
     mine = json.loads(json.dumps(config_to_dict(lopt.config), default=files.json_default))
     # the file's config as its architecture reads it (options added since it was saved: defaults)
     theirs = json.loads(json.dumps(config_to_dict(_optimizer_from_header(path, header).config),

@@ -11,7 +11,7 @@ updated with the current g first:
     x_c <- x_c * rsqrt(norm_eps + mean_tensor(x_c^2))           inputs normalised per tensor
     tau  = [min(t / N, 1), 1] if N > 0 else [0, 0]              fraction of training, "known"
     r    = sqrt(mean_tensor(a^2))                               (``adam_scale`` only)
-    c    = [tau, r] if adam_scale else tau                      the same for the whole tensor
+    c    = [tau, r] if adam_scale or noise_input else tau       the same for the whole tensor
     d, m = MLP([x, c]) - MLP([0, c])                            zero inputs give a zero step
     D    = nominal * a_n + d                    (a_n: the normalised channel a; nominal Adam term)
     D   <- NewtonSchulz(D)                      (``orthogonalize``, matrices, not input weights)
@@ -61,8 +61,13 @@ per-tensor input; with a zero network and no orthogonalisation the rule is then 
 step is multiplied by ``r^k`` (k = 1/2: a step about 0.48x as large once noise dominates); the
 state then carries each tensor's ``r`` from ``features`` to ``apply``. Untrained (output layer ``output_init_scale``) the
 rule is close to Adam with per-tensor normalised, muP-scaled steps. With ``dmd_window > 0`` the
-DMD channels are appended after tau (and r). Inputs: ``5 + len(decays)`` per parameter plus the 2
-of tau (10 by default; 11 with ``adam_scale``).
+DMD channels are appended after tau (and r). ``noise_input`` gives the network ``r`` as an input
+without scaling the step by it: the per-tensor normalisation hides how noisy a tensor's gradient
+is (every channel has RMS 1), and ``r`` is the one number that says it, so the rule can learn when
+to anneal under noise (as ``noise_power`` did by a fixed power, which hurt tasks where noisy steps
+pay) instead of being told; a rule saved without it is fine-tuned with it from a zero first-layer
+row for ``r`` (``adapt_theta``), starting from exactly its steps. Inputs: ``5 + len(decays)`` per parameter plus the 2
+of tau (10 by default; 11 with ``adam_scale`` or ``noise_input``).
 """
 from __future__ import annotations
 
@@ -113,6 +118,7 @@ class NormMLPConfig(LOptConfig):
     normalize_output: bool = True
     max_log_scale: float = 2.0        # per-tensor magnitude in [e^-2, e^2]
     adam_scale: bool = False          # step RMS = RMS of Adam's direction (see the docstring)
+    noise_input: bool = False         # the network sees r (per tensor) without the step being scaled by it
     noise_power: float = 0.0          # > 0: step times r^noise_power (r not a network input)
     cosine_floor: float = 1.0         # < 1: cosine decay of the step to this fraction over a known run
     trained_horizon: int = 0          # > 0: steps of known runs longer than this shrink by (H/N)^q;
@@ -139,6 +145,8 @@ class NormMLPConfig(LOptConfig):
             isinstance(n, str) and n for n in self.input_names), "a tuple of non-empty strings"
         yield "normalize_output", isinstance(self.normalize_output, bool), "true or false"
         yield "adam_scale", isinstance(self.adam_scale, bool), "true or false"
+        yield "noise_input", isinstance(self.noise_input, bool) and not (
+            self.noise_input and self.adam_scale), "true or false, and false with adam_scale (which has r as an input)"
         yield "noise_power", is_real(self.noise_power) and self.noise_power >= 0 and not (
             self.noise_power > 0 and self.adam_scale), ">= 0, and 0 with adam_scale (which uses r^1)"
         yield "cosine_floor", is_real(self.cosine_floor) and 0 <= self.cosine_floor <= 1, "in [0, 1]"
@@ -155,9 +163,15 @@ class NormMLPConfig(LOptConfig):
         return 5 + len(self.decays)
 
     @property
+    def r_input(self) -> bool:
+        """Whether r is a network input (``adam_scale`` or ``noise_input``)."""
+        return bool(self.adam_scale or self.noise_input)
+
+    @property
     def num_constant(self) -> int:
-        """Channels the same for every parameter of a tensor: tau, and r with ``adam_scale``."""
-        return NUM_TIME + int(self.adam_scale)
+        """Channels the same for every parameter of a tensor: tau, and r with ``adam_scale`` or
+        ``noise_input``."""
+        return NUM_TIME + int(self.r_input)
 
     @property
     def num_inputs(self) -> int:
@@ -211,8 +225,25 @@ class NormMLP(LearnedOptimizer):
         cfg = self.config
         return {"mlp": init_step_mlp(key, cfg.num_inputs, cfg.hidden_sizes, cfg.output_init_scale)}
 
+    def adapt_theta(self, theta, source):
+        """A ``norm_mlp`` without r as an input -> this one with ``noise_input``: the first layer
+        gets a zero row for r (after tau), so the adapted rule takes exactly the source's steps
+        and fine-tuning starts from them. None for any other difference."""
+        mine, theirs = self.config, getattr(source, "config", None)
+        if not (isinstance(source, NormMLP) and mine.noise_input and not theirs.r_input):
+            return None
+        if dataclasses.replace(theirs, noise_input=True).num_inputs != mine.num_inputs or \
+                tuple(theirs.hidden_sizes) != tuple(mine.hidden_sizes):
+            return None
+        first = theta["mlp"]["linear_0"]
+        at = mine.num_per_parameter + NUM_TIME
+        w = jnp.asarray(first["w"])
+        w = jnp.concatenate([w[:at], jnp.zeros((1, w.shape[1]), w.dtype), w[at:]], axis=0)
+        return {**theta, "mlp": {**theta["mlp"], "linear_0": {**first, "w": w}}}
+
     def constant_channels(self) -> tuple[int, int]:
-        """tau, and r with ``adam_scale`` (the same for every parameter of a tensor)."""
+        """tau, and r with ``adam_scale`` or ``noise_input`` (the same for every parameter of a
+        tensor)."""
         a = self.config.num_per_parameter
         return a, a + self.config.num_constant
 
@@ -243,7 +274,7 @@ class NormMLP(LearnedOptimizer):
             a = (m[..., 0] / c1) / (jnp.sqrt(v / c2) + 1e-8)
             x = F.stack_channels(g, p.astype(jnp.float32), m, jnp.sqrt(v), a)
             x = F.second_moment_normalize(x, cfg.norm_eps)
-            const = jnp.concatenate([tau, adam_rms(a)[None]]) if cfg.adam_scale else tau
+            const = jnp.concatenate([tau, adam_rms(a)[None]]) if cfg.r_input else tau
             return F.broadcast_global(x, const), m, v, adam_rms(a)
 
         out = jax.tree.map(one, state.momenta, state.v, grads, params)

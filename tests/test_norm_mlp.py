@@ -30,7 +30,7 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     x = raw / np.sqrt(cfg.norm_eps + np.mean(raw ** 2, axis=axes, keepdims=True))
     tau = np.array([min(t / n, 1.0), 1.0]) if n > 0 else np.zeros(2)
     r = np.sqrt(np.mean(a ** 2))
-    const = np.append(tau, r) if cfg.adam_scale else tau
+    const = np.append(tau, r) if (cfg.adam_scale or cfg.noise_input) else tau   # r as an input
     inputs = np.concatenate([x, np.broadcast_to(const, np.shape(p) + const.shape)], axis=-1)
     d, mm = np_mlp(theta["mlp"], inputs)
     d0, m0 = np_mlp(theta["mlp"], np.concatenate([np.zeros(x.shape[-1]), const])[None])
@@ -50,15 +50,18 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     return step
 
 
-@pytest.mark.parametrize("n, normalize, adam_scale, floor, horizon, noise_power", [
-    (0, True, False, 1.0, 0, 0.0), (8, True, False, 1.0, 0, 0.0), (8, False, False, 1.0, 0, 0.0),
-    (8, True, True, 1.0, 0, 0.0), (3, True, False, 0.1, 0, 0.0), (0, True, False, 0.1, 0, 0.0),
-    (8, True, False, 0.1, 2, 0.0), (8, True, False, 1.0, 8, 0.0), (0, True, False, 1.0, 2, 0.0),
-    (8, True, False, 0.1, 0, 0.5), (0, False, False, 1.0, 0, 1.0)])
-def test_step_equals_formula(n, normalize, adam_scale, floor, horizon, noise_power):
+@pytest.mark.parametrize("n, normalize, adam_scale, floor, horizon, noise_power, noise_input", [
+    (0, True, False, 1.0, 0, 0.0, False), (8, True, False, 1.0, 0, 0.0, False),
+    (8, False, False, 1.0, 0, 0.0, False), (8, True, True, 1.0, 0, 0.0, False),
+    (3, True, False, 0.1, 0, 0.0, False), (0, True, False, 0.1, 0, 0.0, False),
+    (8, True, False, 0.1, 2, 0.0, False), (8, True, False, 1.0, 8, 0.0, False),
+    (0, True, False, 1.0, 2, 0.0, False), (8, True, False, 0.1, 0, 0.5, False),
+    (0, False, False, 1.0, 0, 1.0, False), (8, True, False, 0.1, 0, 0.0, True)])
+def test_step_equals_formula(n, normalize, adam_scale, floor, horizon, noise_power, noise_input):
     cfg = NormMLPConfig(output_init_scale=1.0, weight_decay=0.1, lr=0.01, max_log_scale=1.0,
                         normalize_output=normalize, adam_scale=adam_scale, cosine_floor=floor,
-                        trained_horizon=horizon, horizon_power=0.7, noise_power=noise_power)
+                        trained_horizon=horizon, horizon_power=0.7, noise_power=noise_power,
+                        noise_input=noise_input)
     lopt = NormMLP(cfg)
     theta = jax.device_get(lopt.init(jax.random.PRNGKey(3)))
     state = lopt.opt_init(theta, P, n or None)
@@ -293,3 +296,37 @@ def test_noise_power_shrinks_the_step_by_adams_rms_without_new_meta_parameters()
                                    rtol=1e-4, atol=1e-8)
     with pytest.raises(learned_opt.LearnedOptError, match="noise_power"):
         NormMLPConfig(noise_power=0.5, adam_scale=True)
+
+
+def test_noise_input_adapts_a_trained_rule_to_the_same_steps_and_learns_from_r(tmp_path):
+    """``noise_input``: r is one more network input (after tau) and does not scale the step. A rule
+    saved without it loads into one with it (``init_from``'s path: ``load_theta(same_config=False)``)
+    with a zero first-layer row for r, so the steps are the saved rule's exactly; a non-zero row
+    changes them (r reaches the network). Shape changes with no such map stay one clear error."""
+    base = NormMLP(NormMLPConfig(lr=0.01, output_init_scale=1.0))
+    theta = jax.device_get(base.init(jax.random.PRNGKey(5)))
+    path = str(tmp_path / "rule.npz")
+    learned_opt.save(path, base, theta)
+    noisy = NormMLP(NormMLPConfig(lr=0.01, output_init_scale=1.0, noise_input=True))
+    assert noisy.config.num_inputs == base.config.num_inputs + 1
+    adapted = learned_opt.load_theta(path, noisy, same_config=False)
+    w0, w1 = np.asarray(theta["mlp"]["linear_0"]["w"]), np.asarray(adapted["mlp"]["linear_0"]["w"])
+    at = base.config.num_per_parameter + 2
+    np.testing.assert_array_equal(w1[at], 0.0)
+    np.testing.assert_array_equal(np.delete(w1, at, axis=0), w0)
+    s_b, s_n = base.opt_init(theta, P, 8), noisy.opt_init(adapted, P, 8)
+    for g in (G1, G2, jax.tree.map(lambda x: -np.asarray(x), G1)):
+        p_b, s_b = base.opt_update(theta, s_b, g, P, 0.0, KEY)
+        p_n, s_n = noisy.opt_update(adapted, s_n, g, P, 0.0, KEY)
+        for k in P:
+            np.testing.assert_allclose(p_n[k], p_b[k], rtol=1e-6, atol=1e-7)
+    moved = jax.tree.map(lambda x: x, adapted)
+    moved["mlp"]["linear_0"]["w"] = jnp.asarray(w1).at[at].set(1.0)
+    p_m, _ = noisy.opt_update(moved, noisy.opt_init(moved, P, 8), G1, P, 0.0, KEY)
+    p_n, _ = noisy.opt_update(adapted, noisy.opt_init(adapted, P, 8), G1, P, 0.0, KEY)
+    assert max(float(np.max(np.abs(p_m[k] - p_n[k]))) for k in P) > 1e-6
+    with pytest.raises(learned_opt.CheckpointError, match="rule.npz"):
+        learned_opt.load_theta(path, NormMLP(NormMLPConfig(hidden_sizes=(4,), noise_input=True)),
+                               same_config=False)
+    with pytest.raises(learned_opt.LearnedOptError, match="noise_input"):
+        NormMLPConfig(noise_input=True, adam_scale=True)
