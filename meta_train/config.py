@@ -102,6 +102,10 @@ class TrainConfig:
     # fresh init (same architecture and meta-parameter shapes). --resume continues from the run's
     # own checkpoint, not from it (the file must still be readable).
     init_from: str = ""
+    # Several families: "weights" combines their meta-gradients as sum_f w_f g_f; "norm" as
+    # sum_f w_f g_f / |g_f| (each family's direction at its weight, whatever its gradient's size;
+    # meta_train.estimators.MultiFamily).
+    family_balance: str = "weights"
     grad_clip: float = 1.0
     outer_steps: int = 300
     # Logging, evaluation, checkpoints.
@@ -137,6 +141,7 @@ class TrainConfig:
             (self.guard_kind in ("step", "trajectory"), "guard_kind must be 'step' or 'trajectory'"),
             (self.guard_check_every >= 1, "guard_check_every must be >= 1"),
             (self.grad_clip > 0, "grad_clip must be > 0"),
+            (self.family_balance in ("weights", "norm"), "family_balance must be 'weights' or 'norm'"),
             (self.outer_steps >= 0, "outer_steps must be >= 0"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),

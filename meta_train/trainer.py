@@ -104,7 +104,8 @@ class MetaTrainer:
                       for e, u in zip(self.entries, self.unrolls)]
         self.estimator = (estimators[0] if len(estimators) == 1 else
                           MultiFamily(estimators, [e.weight for e in self.entries],
-                                      [e.label for e in self.entries]))
+                                      [e.label for e in self.entries],
+                                      balance=config.family_balance == "norm"))
         lr = config.meta_lr
         if config.meta_lr_final is not None:    # cosine decay meta_lr -> meta_lr_final over the run
             lr = optax.cosine_decay_schedule(config.meta_lr, max(1, config.outer_steps),

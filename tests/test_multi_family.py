@@ -38,6 +38,17 @@ def test_multi_family_gradient_is_the_weighted_sum_of_single_family_ones():
     np.testing.assert_allclose(metrics["meta_loss"], 0.75 * singles[0][2]["meta_loss"]
                                + 0.25 * singles[1][2]["meta_loss"], rtol=1e-6)
     assert float(metrics["b/meta_loss"]) == pytest.approx(float(singles[1][2]["meta_loss"]))
+    norms = [np.sqrt(sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(s[0]))) for s in singles]
+    np.testing.assert_allclose([metrics["a/grad_norm"], metrics["b/grad_norm"]], norms, rtol=1e-5)
+
+    # balance=True: each family's estimate at unit norm, then weighted
+    balanced = MultiFamily(ests, [3.0, 1.0], ["a", "b"], balance=True)
+    grad_b, _, _ = jax.jit(balanced.estimate)(theta, balanced.init(theta, key_init), key)
+    want = jax.tree.map(lambda a, b: 0.75 * a / norms[0] + 0.25 * b / norms[1],
+                        singles[0][0], singles[1][0])
+    for g, w in zip(jax.tree.leaves(grad_b), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-8)
+    assert norms[0] / norms[1] > 1.5 or norms[1] / norms[0] > 1.5   # so the two differ
 
 
 def test_trainer_runs_families_with_their_own_populations():
