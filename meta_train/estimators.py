@@ -508,9 +508,9 @@ class MultiFamily(GradientEstimator):
         meta_loss = sum_f w_f meta_loss_f.
 
     ``balance=True``: g = sum_f w_f g_f / max(|g_f|, 1e-12), each family's estimate normalised to
-    unit norm before weighting. The families' raw meta-gradients differ by orders of magnitude (at
-    the shipped ``general``, 40 estimates: 2-layer 64-wide MLPs and 1-D convs 137-152, character
-    LSTMs and GRUs 6-7; ``benchmarks/family_gradients.py``), so with raw weights the largest decide
+    unit norm before weighting. The families' raw meta-gradients differ by 25x (at the shipped
+    ``general``, 40 estimates: 2-layer 64-wide MLPs 151, 1-D convs 91, character LSTMs 5.8;
+    ``benchmarks/family_gradients.py``), so with raw weights the largest decide
     the direction and a family whose loss moves little in log space is not learned from at all;
     normalised, the weights are each family's real share of the direction.
 
