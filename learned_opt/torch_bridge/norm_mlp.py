@@ -7,7 +7,7 @@ length (0 = unknown), ``lr`` the group's learning rate (default: the config's ``
     a    = (m_0 / (1 - beta1^(t+1))) / (sqrt(v / (1 - beta2^(t+1))) + 1e-8)
     x    = normalize([g, p, m_0.., sqrt(v), a])                 per channel, over the tensor
     tau  = [min(t / N, 1), 1] if N > 0 else [0, 0]
-    r    = sqrt(mean(a^2));   c = [tau, r] if adam_scale else tau
+    r    = sqrt(mean(a^2));   c = [tau, r] if adam_scale or noise_input else tau
     d, m = MLP([x, c, DMD]) - MLP([0, c, 0])                 (DMD channels with dmd_window > 0)
     D    = nominal * x_a + d;   D <- NewtonSchulz(D)  (orthogonalize, matrices with both sides > 1)
     u    = D * rsqrt(1e-12 + mean(D^2))                         (normalize_output)
@@ -100,7 +100,7 @@ class NormMLPRule(Rule):
         a = (m[..., 0] / c1) / (torch.sqrt(v / c2) + 1e-8)
         x = ops.normalize(ops.stack_channels(g, p, m, torch.sqrt(v), a), cfg.norm_eps)
         r = torch.sqrt(torch.mean(a.square())) if a.numel() else torch.zeros((), dtype=F32, device=dev)
-        const = torch.cat([tau, r[None]]) if cfg.adam_scale else tau
+        const = torch.cat([tau, r[None]]) if cfg.r_input else tau
         st.update(step=t + 1, momenta=m, v=v)
         if p.numel() == 0:
             return torch.zeros_like(p)
