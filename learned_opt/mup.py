@@ -51,14 +51,16 @@ def fan_in(shape: Sequence[int]) -> int:
     return int(math.prod(shape[:-1])) if len(shape) >= 2 else 1
 
 
-def step_scale(shape: Sequence[int], base_fan_in: float, role: str | None = None) -> float:
-    """The muP multiplier ``s`` of one tensor (see the module docstring)."""
+def step_scale(shape: Sequence[int], base_fan_in: float, role: str | None = None,
+               power: float = 1.0) -> float:
+    """The muP multiplier ``s`` of one tensor (see the module docstring); ``power`` alpha gives
+    ``(base_fan_in / fan_in)^alpha`` for hidden and output weights (1: muP's own rule)."""
     if role is not None and role not in ROLES:
         raise LearnedOptError(f"muP role must be one of {ROLES}, got {role!r}")
     role = role or shape_role(shape)
     if role in ("vector", "input") or len(shape) < 2:
         return 1.0
-    return float(base_fan_in) / fan_in(shape)
+    return (float(base_fan_in) / fan_in(shape)) ** float(power)
 
 
 def shape_role(shape: Sequence[int]) -> str:
@@ -82,7 +84,8 @@ def roles_by_name(params: PyTree, input_names: Sequence[str]) -> list[str]:
     return out
 
 
-def step_scales(params: PyTree, base_fan_in: float, roles: PyTree | None = None) -> list[float]:
+def step_scales(params: PyTree, base_fan_in: float, roles: PyTree | None = None,
+                power: float = 1.0) -> list[float]:
     """``s`` for every leaf of ``params`` (``jax.tree.leaves`` order); ``roles``: None, a
     list of role names in that order (:func:`roles_by_name`), or a tree like ``params`` with a
     role name at each leaf."""
@@ -91,7 +94,7 @@ def step_scales(params: PyTree, base_fan_in: float, roles: PyTree | None = None)
     if len(names) != len(leaves):
         raise LearnedOptError(f"roles must name every tensor: {len(names)} roles for "
                               f"{len(leaves)} tensors")
-    return [step_scale(jnp.shape(p), base_fan_in, r) for p, r in zip(leaves, names)]
+    return [step_scale(jnp.shape(p), base_fan_in, r, power) for p, r in zip(leaves, names)]
 
 
 def newton_schulz(g: jax.Array, steps: int = 5, eps: float = 1e-7) -> jax.Array:

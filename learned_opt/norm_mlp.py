@@ -26,7 +26,9 @@ updated with the current g first:
     p   <- p - step
 
 ``s_mup = mup_base_fan_in / fan_in`` for tensors with ndim >= 2 and 1 for vectors
-(``learned_opt.mup``; 1 everywhere with ``mup=False``). ``input_names`` (default none) names
+(``learned_opt.mup``; 1 everywhere with ``mup=False``); ``mup_power`` alpha < 1 makes it
+``(mup_base_fan_in / fan_in)^alpha``, larger steps on layers wider than the base and smaller ones on
+narrower (``benchmarks/fan_in_power.py`` tries it on a trained rule). ``input_names`` (default none) names
 input weights: a tensor with a key on its parameter path containing one of these strings
 (``("embed",)``: embedding tables) takes muP's input role, ``s_mup = 1``, and is never
 orthogonalised (as Muon leaves embeddings to Adam): a lookup table's input is one-hot, so
@@ -112,6 +114,7 @@ class NormMLPConfig(LOptConfig):
     nominal: float = 1.0              # weight of Adam's direction in D (0 = purely learned)
     mup: bool = True
     mup_base_fan_in: float = 32.0
+    mup_power: float = 1.0            # alpha: s_mup = (mup_base_fan_in / fan_in)^alpha on matrices
     orthogonalize: bool = False
     ns_steps: int = 5
     input_names: tuple[str, ...] = ()   # tensors named so are input weights (muP role "input")
@@ -139,6 +142,7 @@ class NormMLPConfig(LOptConfig):
         yield "nominal", is_real(self.nominal), "a finite number"
         yield "mup", isinstance(self.mup, bool), "true or false"
         yield "mup_base_fan_in", is_real(self.mup_base_fan_in) and self.mup_base_fan_in > 0, "positive"
+        yield "mup_power", is_real(self.mup_power) and 0 <= self.mup_power <= 1, "in [0, 1] (1 = muP)"
         yield "orthogonalize", isinstance(self.orthogonalize, bool), "true or false"
         yield "ns_steps", are_ints((self.ns_steps,)), "a positive int"
         yield "input_names", isinstance(self.input_names, tuple) and all(
@@ -287,7 +291,7 @@ class NormMLP(LearnedOptimizer):
         leaves, treedef = jax.tree.flatten(inputs)
         p_leaves = jax.tree.leaves(params)
         roles = mup.roles_by_name(params, cfg.input_names)
-        scales = (mup.step_scales(params, cfg.mup_base_fan_in, roles) if cfg.mup
+        scales = (mup.step_scales(params, cfg.mup_base_fan_in, roles, cfg.mup_power) if cfg.mup
                   else [1.0] * len(p_leaves))
         h = horizon_factor(state.num_steps, cfg.trained_horizon, cfg.horizon_power)
         rms = (jax.tree.leaves(state.adam_rms) if cfg.noise_power > 0

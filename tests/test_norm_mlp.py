@@ -175,6 +175,27 @@ def test_mup_scales_by_role_and_fan_in():
     assert got == {"b": 1.0, "conv": 64 / 144, "emb": 1.0, "h": 64 / 256, "out": 64 / 512}
     with pytest.raises(learned_opt.LearnedOptError, match="role"):
         mup.step_scale((3, 4), 8, "middle")
+    # mup_power alpha: (base / fan_in)^alpha on hidden and output weights, 1 on inputs and vectors
+    half = dict(zip(sorted(shapes), mup.step_scales(params, 64, roles, 0.5)))
+    assert half == pytest.approx({"b": 1.0, "conv": (64 / 144) ** 0.5, "emb": 1.0,
+                                  "h": (64 / 256) ** 0.5, "out": (64 / 512) ** 0.5})
+
+
+def test_mup_power_rescales_only_matrix_steps_by_their_fan_in():
+    """A rule with ``mup_power`` alpha takes the same steps as alpha = 1 times
+    ``(n0 / fan_in)^(alpha - 1)`` on matrices and exactly the same steps on vectors."""
+    theta = jax.device_get(NormMLP(NormMLPConfig()).init(jax.random.PRNGKey(3)))
+    full, half = NormMLP(NormMLPConfig(lr=0.01)), NormMLP(NormMLPConfig(lr=0.01, mup_power=0.5))
+    p_f, _ = full.opt_update(theta, full.opt_init(theta, P, 8), G1, P, 0.0, KEY)
+    p_h, _ = half.opt_update(theta, half.opt_init(theta, P, 8), G1, P, 0.0, KEY)
+    for k in P:
+        f = mup.fan_in(np.shape(P[k]))
+        factor = (32.0 / f) ** -0.5 if np.ndim(P[k]) >= 2 else 1.0
+        np.testing.assert_allclose(np.asarray(P[k]) - p_h[k], factor * (np.asarray(P[k]) - p_f[k]),
+                                   rtol=1e-5, atol=1e-8)
+    assert any(np.ndim(P[k]) >= 2 and mup.fan_in(np.shape(P[k])) != 32 for k in P)
+    with pytest.raises(learned_opt.LearnedOptError, match="mup_power"):
+        NormMLPConfig(mup_power=1.5)
 
 
 def test_roles_by_name_marks_embedding_tables_as_inputs():

@@ -101,6 +101,8 @@ CASES = {
         "trained_horizon": 30, "horizon_power": 0.7}), 100),
     "norm_mlp adam_scale, N=100": (lambda: fresh("norm_mlp", {
         "adam_scale": True, "max_log_scale": 3.0, "output_init_scale": 1.0}), 100),
+    "norm_mlp mup_power, N=100": (lambda: fresh("norm_mlp", {
+        "mup_power": 0.5, "mup_base_fan_in": 8.0, "orthogonalize": True, "output_init_scale": 1.0}), 100),
     "norm_mlp noise_input, N=100": (lambda: fresh("norm_mlp", {
         "noise_input": True, "orthogonalize": True, "cosine_floor": 0.1, "output_init_scale": 1.0}), 100),
     "norm_mlp noise_power, N=100": (lambda: fresh("norm_mlp", {
