@@ -1,9 +1,9 @@
 """Would a gentler muP fan-in rule suit a trained ``norm_mlp`` rule better, at test time?
 
 ``norm_mlp`` scales each matrix's step by ``s = 32 / fan_in`` (``learned_opt.mup``). This trains the
-first task of each suite with the loaded rule as it is and with every matrix step (embedding tables
-excepted) multiplied by ``(fan_in / 32)^(1 - alpha)``, i.e. ``s = (32 / fan_in)^alpha``, and prints
-both final training losses over Adam's best of its 11 rates. ``alpha = 1`` is the rule as shipped;
+first task of each suite with the loaded rule as it is and with the same meta-parameters under its
+option ``mup_power`` alpha, ``s = (32 / fan_in)^alpha`` (input weights such as embedding tables keep
+``s = 1``), and prints both final training losses over Adam's best of its 11 rates. ``alpha = 1`` is the rule as shipped;
 ``alpha < 1`` takes larger steps on wide layers and smaller ones on layers narrower than 32. The
 meta-parameters are unchanged, so this only says whether meta-training under another ``alpha`` is
 worth trying.
@@ -33,28 +33,27 @@ def main(argv=None) -> int:
     p.add_argument("--suite", action="append", help="suites (default: %s)" % ", ".join(DEFAULT_SUITES))
     args = p.parse_args(argv)
 
+    import dataclasses
+
     import jax
     import optax
 
     import learned_opt
-    from learned_opt import compile_cache, mup
+    from learned_opt import compile_cache
     from learned_opt.baselines import LR_GRIDS
     from tasks.suites import get_suite
     from tasks.training import train
 
     compile_cache.enable()
     loaded = learned_opt.load(args.checkpoint)
-    base = getattr(loaded.lopt.config, "mup_base_fan_in", 32.0)
-
-    def rescale(template) -> optax.GradientTransformation:
-        def mult(path, q):
-            if q.ndim < 2 or "embed" in jax.tree_util.keystr(path):
-                return 1.0
-            return (mup.fan_in(q.shape) / base) ** (1.0 - args.alpha)
-        mults = jax.tree_util.tree_map_with_path(mult, template)
-        return optax.GradientTransformation(
-            lambda params: optax.EmptyState(),
-            lambda u, s, params=None: (jax.tree.map(lambda x, m: x * m, u, mults), s))
+    if loaded.lopt.architecture != "norm_mlp":
+        p.error(f"{args.checkpoint} is a {loaded.lopt.architecture!r} optimizer, not norm_mlp")
+    base = loaded.lopt.config.mup_base_fan_in
+    try:
+        powered_lopt = learned_opt.make("norm_mlp", {**dataclasses.asdict(loaded.lopt.config),
+                                                     "mup_power": args.alpha})
+    except learned_opt.LearnedOptError as e:
+        p.error(f"--alpha: {str(e).splitlines()[0]}")
 
     print(f"{args.checkpoint}: final training loss / Adam's best, as trained vs s = ({base:g} / fan_in)^{args.alpha:g}")
     for name in args.suite or DEFAULT_SUITES:
@@ -67,7 +66,7 @@ def main(argv=None) -> int:
 
         adam = min(final(optax.adam(lr)) for lr in LR_GRIDS["adam"])
         as_is = final(loaded.as_optax(suite.num_steps)) / adam
-        powered = final(optax.chain(loaded.as_optax(suite.num_steps), rescale(task.init(keys[0])))) / adam
+        powered = final(powered_lopt.as_optax(loaded.theta, num_steps=suite.num_steps)) / adam
         print(f"  {name}: Adam best {adam:.4g}; as trained {as_is:.4g}, alpha {args.alpha:g} {powered:.4g}",
               flush=True)
     return 0

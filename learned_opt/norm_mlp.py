@@ -233,9 +233,10 @@ class NormMLP(LearnedOptimizer):
         """A ``norm_mlp`` without r as an input -> this one with ``noise_input``: the first layer
         gets a zero row for r (after tau), so the adapted rule takes exactly the source's steps
         and fine-tuning starts from them. None for any other difference."""
-        mine, theirs = self.config, getattr(source, "config", None)
-        if not (isinstance(source, NormMLP) and mine.noise_input and not theirs.r_input):
+        if not (isinstance(source, NormMLP) and self.config.noise_input
+                and not source.config.r_input):
             return None
+        mine, theirs = self.config, source.config
         if dataclasses.replace(theirs, noise_input=True).num_inputs != mine.num_inputs or \
                 tuple(theirs.hidden_sizes) != tuple(mine.hidden_sizes):
             return None
@@ -278,8 +279,9 @@ class NormMLP(LearnedOptimizer):
             a = (m[..., 0] / c1) / (jnp.sqrt(v / c2) + 1e-8)
             x = F.stack_channels(g, p.astype(jnp.float32), m, jnp.sqrt(v), a)
             x = F.second_moment_normalize(x, cfg.norm_eps)
-            const = jnp.concatenate([tau, adam_rms(a)[None]]) if cfg.r_input else tau
-            return F.broadcast_global(x, const), m, v, adam_rms(a)
+            r = adam_rms(a)
+            const = jnp.concatenate([tau, r[None]]) if cfg.r_input else tau
+            return F.broadcast_global(x, const), m, v, r
 
         out = jax.tree.map(one, state.momenta, state.v, grads, params)
         inputs, momenta, v, r = F.unzip(params, out, 4)
