@@ -4,7 +4,8 @@
 first task of each suite with the loaded rule as it is and with the same meta-parameters under its
 option ``mup_power`` alpha, ``s = (32 / fan_in)^alpha`` (input weights such as embedding tables keep
 ``s = 1``), and prints both final training losses over Adam's best of its 11 rates. ``alpha = 1`` is the rule as shipped;
-``alpha < 1`` takes larger steps on wide layers and smaller ones on layers narrower than 32. The
+``alpha < 1`` takes larger steps on wide layers and smaller ones on layers narrower than 32
+(``--wide-only``: narrower layers keep ``32 / fan_in``). The
 meta-parameters are unchanged, so this only says whether meta-training under another ``alpha`` is
 worth trying.
 
@@ -30,6 +31,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", nargs="?", default="general", help="a norm_mlp file or shipped name")
     p.add_argument("--alpha", type=float, default=0.5, help="s = (32 / fan_in)^alpha (1 = as trained)")
+    p.add_argument("--wide-only", action="store_true",
+                   help="alpha only on layers wider than 32; narrower ones keep 32 / fan_in")
     p.add_argument("--suite", action="append", help="suites (default: %s)" % ", ".join(DEFAULT_SUITES))
     args = p.parse_args(argv)
 
@@ -51,11 +54,13 @@ def main(argv=None) -> int:
     base = loaded.lopt.config.mup_base_fan_in
     try:
         powered_lopt = learned_opt.make("norm_mlp", {**dataclasses.asdict(loaded.lopt.config),
-                                                     "mup_power": args.alpha})
+                                                     "mup_power": args.alpha,
+                                                     "mup_power_wide_only": args.wide_only})
     except learned_opt.LearnedOptError as e:
         p.error(f"--alpha: {str(e).splitlines()[0]}")
 
-    print(f"{args.checkpoint}: final training loss / Adam's best, as trained vs s = ({base:g} / fan_in)^{args.alpha:g}")
+    rule = f"({base:g} / fan_in)^{args.alpha:g}" + (f" where fan_in > {base:g}" if args.wide_only else "")
+    print(f"{args.checkpoint}: final training loss / Adam's best, as trained vs s = {rule}")
     for name in args.suite or DEFAULT_SUITES:
         suite = get_suite(name)
         cfgs, keys = suite.tasks(1)

@@ -10,6 +10,10 @@ muLO applies it to learned optimizers). For a tensor of shape ``(..., fan_out)``
     hidden     n0 / fan_in
     output     n0 / fan_in
 
+**Fan-in power** alpha (``power``): ``s = (n0 / fan_in)^alpha`` on hidden and output weights,
+between muP (1) and no width scaling (0); with ``wide_only`` only layers wider than the base
+are affected, ``s = max(n0 / fan_in, (n0 / fan_in)^alpha)``.
+
 **Without roles** (``roles=None``: a learned optimizer sees only shapes) every tensor with
 ``ndim >= 2`` gets ``n0 / fan_in``. This is the spectral form of muP (Yang, Simon & Bernstein
 2023): a weight update should change the layer's output by O(1) per unit, i.e.
@@ -52,15 +56,18 @@ def fan_in(shape: Sequence[int]) -> int:
 
 
 def step_scale(shape: Sequence[int], base_fan_in: float, role: str | None = None,
-               power: float = 1.0) -> float:
+               power: float = 1.0, wide_only: bool = False) -> float:
     """The muP multiplier ``s`` of one tensor (see the module docstring); ``power`` alpha gives
-    ``(base_fan_in / fan_in)^alpha`` for hidden and output weights (1: muP's own rule)."""
+    ``(base_fan_in / fan_in)^alpha`` for hidden and output weights (1: muP's own rule);
+    ``wide_only`` applies alpha only to tensors wider than the base, ``max(q, q^alpha)`` with
+    ``q = base_fan_in / fan_in``, so narrower ones keep muP's larger steps."""
     if role is not None and role not in ROLES:
         raise LearnedOptError(f"muP role must be one of {ROLES}, got {role!r}")
     role = role or shape_role(shape)
     if role in ("vector", "input") or len(shape) < 2:
         return 1.0
-    return (float(base_fan_in) / fan_in(shape)) ** float(power)
+    q = float(base_fan_in) / fan_in(shape)
+    return max(q, q ** float(power)) if wide_only else q ** float(power)
 
 
 def shape_role(shape: Sequence[int]) -> str:
@@ -85,7 +92,7 @@ def roles_by_name(params: PyTree, input_names: Sequence[str]) -> list[str]:
 
 
 def step_scales(params: PyTree, base_fan_in: float, roles: PyTree | None = None,
-                power: float = 1.0) -> list[float]:
+                power: float = 1.0, wide_only: bool = False) -> list[float]:
     """``s`` for every leaf of ``params`` (``jax.tree.leaves`` order); ``roles``: None, a
     list of role names in that order (:func:`roles_by_name`), or a tree like ``params`` with a
     role name at each leaf."""
@@ -94,7 +101,7 @@ def step_scales(params: PyTree, base_fan_in: float, roles: PyTree | None = None,
     if len(names) != len(leaves):
         raise LearnedOptError(f"roles must name every tensor: {len(names)} roles for "
                               f"{len(leaves)} tensors")
-    return [step_scale(jnp.shape(p), base_fan_in, r, power) for p, r in zip(leaves, names)]
+    return [step_scale(jnp.shape(p), base_fan_in, r, power, wide_only) for p, r in zip(leaves, names)]
 
 
 def newton_schulz(g: jax.Array, steps: int = 5, eps: float = 1e-7) -> jax.Array:

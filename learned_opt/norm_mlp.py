@@ -28,7 +28,8 @@ updated with the current g first:
 ``s_mup = mup_base_fan_in / fan_in`` for tensors with ndim >= 2 and 1 for vectors
 (``learned_opt.mup``; 1 everywhere with ``mup=False``); ``mup_power`` alpha < 1 makes it
 ``(mup_base_fan_in / fan_in)^alpha``, larger steps on layers wider than the base and smaller ones on
-narrower (``benchmarks/fan_in_power.py`` tries it on a trained rule). ``input_names`` (default none) names
+narrower (``benchmarks/fan_in_power.py`` tries it on a trained rule); ``mup_power_wide_only`` keeps
+muP's ``mup_base_fan_in / fan_in`` on the narrower ones, ``s_mup = max(q, q^alpha)``. ``input_names`` (default none) names
 input weights: a tensor with a key on its parameter path containing one of these strings
 (``("embed",)``: embedding tables) takes muP's input role, ``s_mup = 1``, and is never
 orthogonalised (as Muon leaves embeddings to Adam): a lookup table's input is one-hot, so
@@ -115,6 +116,7 @@ class NormMLPConfig(LOptConfig):
     mup: bool = True
     mup_base_fan_in: float = 32.0
     mup_power: float = 1.0            # alpha: s_mup = (mup_base_fan_in / fan_in)^alpha on matrices
+    mup_power_wide_only: bool = False  # alpha only where fan_in > mup_base_fan_in (muP below)
     orthogonalize: bool = False
     ns_steps: int = 5
     input_names: tuple[str, ...] = ()   # tensors named so are input weights (muP role "input")
@@ -143,6 +145,7 @@ class NormMLPConfig(LOptConfig):
         yield "mup", isinstance(self.mup, bool), "true or false"
         yield "mup_base_fan_in", is_real(self.mup_base_fan_in) and self.mup_base_fan_in > 0, "positive"
         yield "mup_power", is_real(self.mup_power) and 0 <= self.mup_power <= 1, "in [0, 1] (1 = muP)"
+        yield "mup_power_wide_only", isinstance(self.mup_power_wide_only, bool), "true or false"
         yield "orthogonalize", isinstance(self.orthogonalize, bool), "true or false"
         yield "ns_steps", are_ints((self.ns_steps,)), "a positive int"
         yield "input_names", isinstance(self.input_names, tuple) and all(
@@ -293,7 +296,8 @@ class NormMLP(LearnedOptimizer):
         leaves, treedef = jax.tree.flatten(inputs)
         p_leaves = jax.tree.leaves(params)
         roles = mup.roles_by_name(params, cfg.input_names)
-        scales = (mup.step_scales(params, cfg.mup_base_fan_in, roles, cfg.mup_power) if cfg.mup
+        scales = (mup.step_scales(params, cfg.mup_base_fan_in, roles, cfg.mup_power,
+                                  cfg.mup_power_wide_only) if cfg.mup
                   else [1.0] * len(p_leaves))
         h = horizon_factor(state.num_steps, cfg.trained_horizon, cfg.horizon_power)
         rms = (jax.tree.leaves(state.adam_rms) if cfg.noise_power > 0

@@ -179,6 +179,10 @@ def test_mup_scales_by_role_and_fan_in():
     half = dict(zip(sorted(shapes), mup.step_scales(params, 64, roles, 0.5)))
     assert half == pytest.approx({"b": 1.0, "conv": (64 / 144) ** 0.5, "emb": 1.0,
                                   "h": (64 / 256) ** 0.5, "out": (64 / 512) ** 0.5})
+    # wide_only: alpha only on tensors wider than the base; narrower ones keep muP's n0 / fan_in
+    narrow = {"n": jnp.zeros((16, 8)), "w": jnp.zeros((128, 8)), "base": jnp.zeros((64, 3))}
+    got = dict(zip(sorted(narrow), mup.step_scales(narrow, 64, None, 0.5, wide_only=True)))
+    assert got == pytest.approx({"base": 1.0, "n": 4.0, "w": 0.5 ** 0.5})
 
 
 def test_mup_power_rescales_only_matrix_steps_by_their_fan_in():
@@ -196,6 +200,17 @@ def test_mup_power_rescales_only_matrix_steps_by_their_fan_in():
     assert any(np.ndim(P[k]) >= 2 and mup.fan_in(np.shape(P[k])) != 32 for k in P)
     with pytest.raises(learned_opt.LearnedOptError, match="mup_power"):
         NormMLPConfig(mup_power=1.5)
+    # wide_only: the alpha factor only on matrices wider than the base, muP's steps elsewhere
+    params = {"narrow": P["w"], "wide": np.tile(P["w"], (16, 1)), "b": P["b"]}   # fan-in 3 and 48
+    grads = {"narrow": G1["w"], "wide": np.tile(G1["w"], (16, 1)), "b": G1["b"]}
+    steps = {}
+    for wide_only in (False, True):
+        cfg = NormMLPConfig(lr=0.01, mup_power=0.5 if wide_only else 1.0, mup_power_wide_only=wide_only)
+        lopt = NormMLP(cfg)
+        new, _ = lopt.opt_update(theta, lopt.opt_init(theta, params, 8), grads, params, 0.0, KEY)
+        steps[wide_only] = {k: np.asarray(params[k]) - np.asarray(new[k]) for k in params}
+    for k, factor in {"narrow": 1.0, "wide": (32.0 / 48) ** -0.5, "b": 1.0}.items():
+        np.testing.assert_allclose(steps[True][k], factor * steps[False][k], rtol=1e-5, atol=1e-8)
 
 
 def test_roles_by_name_marks_embedding_tables_as_inputs():

@@ -103,6 +103,9 @@ CASES = {
         "adam_scale": True, "max_log_scale": 3.0, "output_init_scale": 1.0}), 100),
     "norm_mlp mup_power, N=100": (lambda: fresh("norm_mlp", {
         "mup_power": 0.5, "mup_base_fan_in": 8.0, "orthogonalize": True, "output_init_scale": 1.0}), 100),
+    # base 12 lies between the fan-ins 10 and 16: one layer keeps muP, one gets alpha
+    "norm_mlp mup_power wide_only, N=100": (lambda: fresh("norm_mlp", {
+        "mup_power": 0.5, "mup_power_wide_only": True, "mup_base_fan_in": 12.0, "output_init_scale": 1.0}), 100),
     "norm_mlp noise_input, N=100": (lambda: fresh("norm_mlp", {
         "noise_input": True, "orthogonalize": True, "cosine_floor": 0.1, "output_init_scale": 1.0}), 100),
     "norm_mlp noise_power, N=100": (lambda: fresh("norm_mlp", {

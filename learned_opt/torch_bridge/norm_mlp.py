@@ -17,7 +17,8 @@ length (0 = unknown), ``lr`` the group's learning rate (default: the config's ``
     step = lr * h_N * c_t * s_mup * exp(max_log_scale * tanh(mean(m))) * u * [x_g != 0 somewhere]
            + lr * weight_decay * p                              (ndim >= 2)
 
-with ``s_mup = (mup_base_fan_in / prod(shape[:-1]))^mup_power`` for ndim >= 2 (1 otherwise; 1
+with ``s_mup = q^mup_power``, ``q = mup_base_fan_in / prod(shape[:-1])`` (``max(q, q^mup_power)`` with
+``mup_power_wide_only``) for ndim >= 2 (1 otherwise; 1
 everywhere with ``mup=False``); a tensor of role ``input`` (``Slot.role``: the group's ``role``, or a name
 containing one of ``input_names``) has ``s_mup = 1`` and is not orthogonalised. Read on the
 haiku layout, ``prod(shape[:-1])`` is a torch ``Linear``'s
@@ -124,8 +125,8 @@ class NormMLPRule(Rule):
         if cfg.cosine_floor < 1.0 and float(tau[1]) > 0:
             f = cfg.cosine_floor
             mag = mag * (f + (1.0 - f) * 0.5 * (1.0 + torch.cos(torch.pi * tau[0])))
-        scale = (mup.step_scale(tuple(p.shape), cfg.mup_base_fan_in, slot.role, cfg.mup_power)
-                 if cfg.mup else 1.0)
+        scale = (mup.step_scale(tuple(p.shape), cfg.mup_base_fan_in, slot.role, cfg.mup_power,
+                                cfg.mup_power_wide_only) if cfg.mup else 1.0)
         H, n = cfg.trained_horizon, slot.num_steps
         horizon = (torch.pow(torch.tensor(H, dtype=F32) / torch.tensor(n, dtype=F32), cfg.horizon_power)
                    if 0 < H < n else 1.0)
