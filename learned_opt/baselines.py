@@ -2,7 +2,11 @@
 
     make_baseline("adam", 1e-3)              -> optax.adam(1e-3)
     make_baseline("momentum", 0.01, momentum=0.9, nesterov=True)
+    make_baseline("adam_cosine", 1e-2, num_steps=400)   -> Adam at lr_t = lr (1 + cos(pi t / N)) / 2
 
+Scheduled baselines (``SCHEDULED``) need the run's length ``num_steps`` N: ``adam_cosine`` is Adam
+whose rate decays from ``lr`` at t = 0 to 0 at t = N by a half cosine (no warm-up); the others take
+no schedule and ignore ``num_steps``.
 ``LR_GRIDS[name]`` is the log grid an evaluation tunes ``name``'s learning rate over.
 
 Extra keyword arguments go to the optax constructor unchanged.
@@ -21,8 +25,19 @@ def _momentum(learning_rate, momentum=0.9, **kw):
     return optax.sgd(learning_rate, momentum=momentum, **kw)
 
 
+def _adam_cosine(learning_rate, num_steps=None, **kw):
+    """Adam at ``lr_t = lr (1 + cos(pi min(t, N) / N)) / 2`` (optax.cosine_decay_schedule)."""
+    if num_steps is None or int(num_steps) < 1:
+        raise LearnedOptError(f"baseline 'adam_cosine' needs num_steps, the run's length "
+                              f"(a positive int), got {num_steps!r}")
+    return optax.adam(optax.cosine_decay_schedule(learning_rate, int(num_steps)), **kw)
+
+
+SCHEDULED = ("adam_cosine",)   # baselines whose rate follows a schedule over num_steps
+
 _BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adam": optax.adam,
+    "adam_cosine": _adam_cosine,
     "adamw": optax.adamw,
     "sgd": optax.sgd,
     "momentum": _momentum,
@@ -34,6 +49,7 @@ _BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 # Sensible untuned defaults; evaluations should tune over a grid instead.
 DEFAULT_LEARNING_RATES: dict[str, float] = {
     "adam": 1e-3,
+    "adam_cosine": 1e-3,
     "adamw": 1e-3,
     "sgd": 1e-2,
     "momentum": 1e-2,
@@ -53,6 +69,7 @@ def log_grid(lo_exp: float, hi_exp: float) -> tuple[float, ...]:
 # takes ~10x smaller steps than Adam, plain SGD/momentum larger ones).
 LR_GRIDS: dict[str, tuple[float, ...]] = {
     "adam": log_grid(-5, 0),
+    "adam_cosine": log_grid(-5, 0),
     "adamw": log_grid(-5, 0),
     "radam": log_grid(-5, 0),
     "rmsprop": log_grid(-5, 0),
@@ -67,13 +84,16 @@ def baseline_names() -> list[str]:
 
 
 def make_baseline(name: str, learning_rate: float | optax.Schedule | None = None,
-                  **kw) -> optax.GradientTransformation:
+                  num_steps: int | None = None, **kw) -> optax.GradientTransformation:
     """Build baseline ``name`` (see :func:`baseline_names`); ``learning_rate`` defaults
-    to ``DEFAULT_LEARNING_RATES[name]``."""
+    to ``DEFAULT_LEARNING_RATES[name]``; ``num_steps`` is the run's length, needed by the
+    ``SCHEDULED`` baselines and ignored by the others."""
     if name not in _BUILDERS:
         raise LearnedOptError(f"unknown baseline optimizer {name!r}; known: {baseline_names()}")
     if learning_rate is None:
         learning_rate = DEFAULT_LEARNING_RATES[name]
+    if name in SCHEDULED:
+        kw = {**kw, "num_steps": num_steps}
     try:
         return _BUILDERS[name](learning_rate, **kw)
     except TypeError as e:

@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on this named held-out suite instead (repeatable; see `lopt tasks`)")
     r.add_argument("--seeds", type=int, default=3, help="seeds per task (default: %(default)s)")
     r.add_argument("--baselines", type=_baseline_list, default="adamw,momentum,rmsprop,lion,radam",
-                   help="comma-separated baselines tuned per task besides Adam, or 'none' "
+                   help="comma-separated baselines tuned per task besides Adam, or 'none'; also "
+                        "adam_cosine (Adam under a cosine decay to 0 over the run) and sgd "
                         "(default: %(default)s)")
     r.add_argument("--adam-factor", type=int, default=4,
                    help="Adam's reference runs this many times the horizon, which bounds the "
@@ -335,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, help="seeds per task (>= 2; overrides the default / --full)")
     b.add_argument("--max-tasks", type=int, help="at most this many tasks per suite")
     b.add_argument("--baselines", type=_baseline_list, default=None,
-                   help="comma-separated baselines tuned per task besides Adam, or 'none' "
+                   help="comma-separated baselines tuned per task besides Adam, or 'none'; also "
+                        "adam_cosine (Adam under a cosine decay to 0 over the run) and sgd "
                         "(default: adamw,momentum,rmsprop,lion,radam)")
     b.add_argument("--guards", choices=("both", "step", "trajectory"), default="both",
                    help="guarded versions beside the unguarded one: 'step' the per-step loss guard, "

@@ -469,7 +469,7 @@ def test_baselines():
     loss = lambda x: 0.5 * jnp.sum(x ** 2)  # noqa: E731
     x = jnp.array([1.0, -2.0])
     for name in learned_opt.baseline_names():
-        tx = learned_opt.make_baseline(name)
+        tx = learned_opt.make_baseline(name, num_steps=5)   # num_steps: read by scheduled ones only
         lr = learned_opt.DEFAULT_LEARNING_RATES[name]
         p = x
         state = tx.init(p)
@@ -493,6 +493,15 @@ def test_baselines():
     tx = learned_opt.make_baseline("lion", 0.01)       # sign of the interpolated momentum + wd 1e-3
     u, _ = tx.update(g, tx.init(x), x)
     np.testing.assert_allclose(u, -0.01 * (jnp.sign(g) + 1e-3 * x), rtol=1e-6)
+    # adam_cosine: Adam's direction (sign(g) for a constant gradient) at lr (1 + cos(pi t / N)) / 2
+    tx = learned_opt.make_baseline("adam_cosine", 0.01, num_steps=4)
+    s = tx.init(x)
+    for t in range(6):
+        u, s = tx.update(g, s, x)
+        want = 0.01 * (1 + np.cos(np.pi * min(t, 4) / 4)) / 2
+        np.testing.assert_allclose(u, -want * jnp.sign(g), rtol=1e-4, atol=1e-9)
+    with pytest.raises(learned_opt.LearnedOptError, match="adam_cosine.*num_steps"):
+        learned_opt.make_baseline("adam_cosine", 0.01)
     with pytest.raises(learned_opt.LearnedOptError, match="known: .*adam"):
         learned_opt.make_baseline("adamax_nope")
     from learned_opt.baselines import LR_GRIDS

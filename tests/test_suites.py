@@ -142,3 +142,31 @@ def test_held_out_bench_suites_are_other_tasks_of_the_same_suites():
     assert not np.allclose(np.asarray(c0["eigs"]), np.asarray(c1["eigs"]))
     cfg = {"seeds": 2, "max_tasks": 4, "baselines": [], "adam_factor": 4, "guards": []}
     assert _settings([], cfg, plain) != _settings([], cfg, held)
+
+
+def test_grid_runs_in_chunks_when_too_large_at_once(monkeypatch):
+    """A grid population whose working memory exceeds the budget runs its rates in chunks
+    (``lax.map``) with exactly the results of running them all at once; the chunk is the share
+    of the grid that fits, at least one rate."""
+    from types import SimpleNamespace
+    from meta_train.evaluation import curves as ev
+
+    def fake(temp):
+        return SimpleNamespace(memory_analysis=lambda: SimpleNamespace(temp_size_in_bytes=temp))
+    assert cmp.grid_chunk(fake(10), 11, budget=100) == 11
+    assert cmp.grid_chunk(fake(550), 11, budget=100) == 2
+    assert cmp.grid_chunk(fake(10 ** 12), 11, budget=100) == 1
+    assert cmp.grid_chunk(SimpleNamespace(), 11, budget=100) == 11   # no analysis: all at once
+    suite = get_suite("quadratic_30d")
+    cfgs, task_keys = suite.tasks(2)
+    keys = cmp.seed_keys(task_keys, 2)
+    grid = np.array([1e-3, 1e-2, 1e-1], np.float32)
+    import optax
+    make = lambda lr: optax.adam(lr)  # noqa: E731
+    whole = cmp._grid_curves(suite.task_family, cfgs, keys, make, grid, 30, final=True)
+    monkeypatch.setattr(cmp, "GRID_MEMORY_BYTES", 1)
+    parts = cmp._grid_curves(suite.task_family, cfgs, keys, make, grid, 30, final=True)
+    assert isinstance(whole, ev.TaskCurves) and whole.losses.shape == (3, 2, 2, 30)
+    for a, b in zip(whole, parts):
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-6)

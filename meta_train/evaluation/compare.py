@@ -96,6 +96,25 @@ def _curves(fam, cfgs, keys, make_tx, per_task, shared, num_steps, guard=False):
     return ev.TaskCurves(*(np.asarray(x) for x in out))
 
 
+GRID_MEMORY_BYTES = 4 * 2 ** 30   # a grid population needing more working memory runs in chunks
+
+
+def grid_chunk(compiled, grid_size: int, budget: int | None = None) -> int:
+    """How many of a grid's ``grid_size`` rates to run at once: all of them unless the compiled
+    all-at-once population's working memory (XLA's ``memory_analysis``; unknown: all) exceeds
+    ``budget`` (default ``GRID_MEMORY_BYTES``), else the share that fits, at least 1. (Runs that
+    evaluate the whole training set at their end, such as the text RNN's, need ~0.6 GB each:
+    11 rates x 4 tasks x 2 seeds at once would need 56 GB.)"""
+    budget = GRID_MEMORY_BYTES if budget is None else budget
+    try:
+        temp = int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:   # backends without a memory analysis
+        return grid_size
+    if temp <= budget:
+        return grid_size
+    return max(1, int(grid_size * budget // temp))
+
+
 def _grid_curves(fam, cfgs, keys, make_tx, grid, num_steps, final: bool = False):
     """Every learning rate of ``grid`` on every task and seed, one vmapped, jitted population:
     ``curves.TaskCurves`` with leading axes (lrs, tasks, seeds). With ``final=False`` only the
@@ -105,7 +124,12 @@ def _grid_curves(fam, cfgs, keys, make_tx, grid, num_steps, final: bool = False)
         run = ev.run_task(fam.task(cfg), make_tx(lr), key, num_steps)
         return run if final else run.losses
     f = jax.vmap(jax.vmap(one, in_axes=(None, 0, None)), in_axes=(0, 0, None))
-    out = jax.jit(jax.vmap(f, in_axes=(None, None, 0)))(cfgs, keys, jnp.asarray(grid))
+    grid = jnp.asarray(grid)
+    compiled = jax.jit(jax.vmap(f, in_axes=(None, None, 0))).lower(cfgs, keys, grid).compile()
+    chunk = grid_chunk(compiled, len(grid))
+    if chunk < len(grid):   # too large at once: the grid's rates in chunks of ``chunk``, in turn
+        compiled = jax.jit(lambda c, k, g: jax.lax.map(lambda lr: f(c, k, lr), g, batch_size=chunk))
+    out = compiled(cfgs, keys, grid)
     if not final:
         return ev.TaskCurves(np.asarray(out), None, None, None)
     return ev.TaskCurves(*(np.asarray(x) for x in out))
@@ -189,7 +213,7 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
 
     Adam runs the grid ``LR_GRIDS["adam"]`` for ``adam_factor`` times the suite's horizon T: its
     first T steps give Adam tuned per task (and at lr=1e-3), all of it the reference curve of
-    the speedup (``meta_train.evaluation.speedup``). Each baseline is tuned per task over its own grid on the
+    the speedup (``meta_train.evaluation.speedup``). Each baseline is tuned per task over its own grid (a scheduled one, ``adam_cosine``, over the suite's T) on the
     seed-averaged final training loss at T. Learned optimizers run as they are and behind each
     guard of ``guard`` (:func:`guard_kinds`: True = both) with Adam at the task's tuned learning
     rate as the fallback (the trajectory guard checks every ``check_every`` steps and at T). A
@@ -221,7 +245,7 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
     for name in baselines:
         say(f"{suite.name}: {name} over {len(LR_GRIDS[name])} learning rates")
         b_grid = np.asarray(LR_GRIDS[name], np.float32)
-        runs = _grid_curves(fam, cfgs, keys, lambda lr, name=name: make_baseline(name, lr),
+        runs = _grid_curves(fam, cfgs, keys, lambda lr, name=name: make_baseline(name, lr, T),
                             b_grid, T, final=True)
         b = _tune(runs.losses, b_grid, T)
         label = f"{name} tuned"
@@ -301,4 +325,5 @@ def load_entries(paths: list[str]) -> tuple[list[Entry], list[dict]]:
 
 
 __all__ = ["Entry", "run_suite", "score_on_fallback", "GUARDS", "GUARD_SUFFIX", "guard_kinds", "unguarded_label", "load_entries", "seed_keys", "speedups",
-           "DEFAULT_BASELINES", "check_baselines", "task_label", "ADAM_DEFAULT", "ADAM_TUNED"]
+           "DEFAULT_BASELINES", "check_baselines", "task_label", "ADAM_DEFAULT", "ADAM_TUNED", "grid_chunk",
+           "GRID_MEMORY_BYTES"]
