@@ -30,9 +30,11 @@ DEFAULT_SUITES = ("mnist1d_mlp_wide", "mnist1d_mlp", "text_rnn", "digits_conv", 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", nargs="?", default="general", help="a norm_mlp file or shipped name")
-    p.add_argument("--alpha", type=float, default=0.5, help="s = (32 / fan_in)^alpha (1 = as trained)")
+    p.add_argument("--alpha", type=float, default=0.5, 
+                   help="s = (base / fan_in)^alpha, base the rule's mup_base_fan_in (32 for general; "
+                        "1 = as trained)")
     p.add_argument("--wide-only", action="store_true",
-                   help="alpha only on layers wider than 32; narrower ones keep 32 / fan_in")
+                   help="alpha only on layers wider than the base; narrower ones keep base / fan_in")
     p.add_argument("--suite", action="append", help="suites (default: %s)" % ", ".join(DEFAULT_SUITES))
     args = p.parse_args(argv)
 

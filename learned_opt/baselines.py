@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import optax
 
 from learned_opt.base import LearnedOptError
@@ -26,11 +27,15 @@ def _momentum(learning_rate, momentum=0.9, **kw):
 
 
 def _adam_cosine(learning_rate, num_steps=None, **kw):
-    """Adam at ``lr_t = lr (1 + cos(pi min(t, N) / N)) / 2`` (optax.cosine_decay_schedule)."""
-    if num_steps is None or int(num_steps) < 1:
+    """Adam at ``lr_t = lr (1 + cos(pi min(t, N) / N)) / 2`` (optax.cosine_decay_schedule); a
+    schedule ``lr(t)`` given as the rate is multiplied by the decay."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise LearnedOptError(f"baseline 'adam_cosine' needs num_steps, the run's length "
                               f"(a positive int), got {num_steps!r}")
-    return optax.adam(optax.cosine_decay_schedule(learning_rate, int(num_steps)), **kw)
+    decay = optax.cosine_decay_schedule(1.0, int(num_steps))
+    rate = (lambda t: learning_rate(t) * decay(t)) if callable(learning_rate) else \
+        optax.cosine_decay_schedule(learning_rate, int(num_steps))
+    return optax.adam(rate, **kw)
 
 
 SCHEDULED = ("adam_cosine",)   # baselines whose rate follows a schedule over num_steps
@@ -92,9 +97,8 @@ def make_baseline(name: str, learning_rate: float | optax.Schedule | None = None
         raise LearnedOptError(f"unknown baseline optimizer {name!r}; known: {baseline_names()}")
     if learning_rate is None:
         learning_rate = DEFAULT_LEARNING_RATES[name]
-    if name in SCHEDULED:
-        kw = {**kw, "num_steps": num_steps}
+    options = {**kw, "num_steps": num_steps} if name in SCHEDULED else kw
     try:
-        return _BUILDERS[name](learning_rate, **kw)
+        return _BUILDERS[name](learning_rate, **options)
     except TypeError as e:
         raise LearnedOptError(f"bad options {sorted(kw)} for baseline {name!r}: {e}") from None

@@ -145,7 +145,9 @@ class NormMLPConfig(LOptConfig):
         yield "mup", isinstance(self.mup, bool), "true or false"
         yield "mup_base_fan_in", is_real(self.mup_base_fan_in) and self.mup_base_fan_in > 0, "positive"
         yield "mup_power", is_real(self.mup_power) and 0 <= self.mup_power <= 1, "in [0, 1] (1 = muP)"
-        yield "mup_power_wide_only", isinstance(self.mup_power_wide_only, bool), "true or false"
+        yield "mup_power_wide_only", isinstance(self.mup_power_wide_only, bool) and not (
+            self.mup_power_wide_only and not (self.mup and self.mup_power != 1)), \
+            "true or false, and true only with mup and mup_power != 1 (else it changes nothing)"
         yield "orthogonalize", isinstance(self.orthogonalize, bool), "true or false"
         yield "ns_steps", are_ints((self.ns_steps,)), "a positive int"
         yield "input_names", isinstance(self.input_names, tuple) and all(

@@ -500,8 +500,17 @@ def test_baselines():
         u, s = tx.update(g, s, x)
         want = 0.01 * (1 + np.cos(np.pi * min(t, 4) / 4)) / 2
         np.testing.assert_allclose(u, -want * jnp.sign(g), rtol=1e-4, atol=1e-9)
-    with pytest.raises(learned_opt.LearnedOptError, match="adam_cosine.*num_steps"):
-        learned_opt.make_baseline("adam_cosine", 0.01)
+    tx = learned_opt.make_baseline("adam_cosine", lambda t: 0.01 * 0.5 ** t, num_steps=4)  # a schedule
+    s = tx.init(x)
+    for t in range(3):
+        u, s = tx.update(g, s, x)
+        want = 0.01 * 0.5 ** t * (1 + np.cos(np.pi * t / 4)) / 2
+        np.testing.assert_allclose(u, -want * jnp.sign(g), rtol=1e-4, atol=1e-9)
+    for bad in (None, 0, 2.5, True, "4"):
+        with pytest.raises(learned_opt.LearnedOptError, match="adam_cosine.*num_steps"):
+            learned_opt.make_baseline("adam_cosine", 0.01, num_steps=bad)
+    with pytest.raises(learned_opt.LearnedOptError, match=r"bad options \['bogus'\]"):
+        learned_opt.make_baseline("adam_cosine", 0.01, num_steps=4, bogus=1)
     with pytest.raises(learned_opt.LearnedOptError, match="known: .*adam"):
         learned_opt.make_baseline("adamax_nope")
     from learned_opt.baselines import LR_GRIDS

@@ -294,7 +294,9 @@ def test_learning_rate_schedule_composes_through_optax():
 
 def test_config_errors():
     for bad in ({"beta1": 1.0}, {"lr": -1.0}, {"mup": "yes"}, {"weight_decay": float("nan")},
-                {"trained_horizon": 2.5}, {"horizon_power": -1.0}):
+                {"trained_horizon": 2.5}, {"horizon_power": -1.0},
+                {"mup_power_wide_only": True},                          # mup_power 1: changes nothing
+                {"mup_power_wide_only": True, "mup_power": 0.5, "mup": False}):
         with pytest.raises(learned_opt.LearnedOptError, match=list(bad)[0]):
             learned_opt.make("norm_mlp", bad)
 

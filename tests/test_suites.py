@@ -146,8 +146,9 @@ def test_held_out_bench_suites_are_other_tasks_of_the_same_suites():
 
 def test_grid_runs_in_chunks_when_too_large_at_once(monkeypatch):
     """A grid population whose working memory exceeds the budget runs its rates in chunks
-    (``lax.map``) with exactly the results of running them all at once; the chunk is the share
-    of the grid that fits, at least one rate."""
+    (``lax.map``, also when the chunks do not divide the grid) with exactly the results of running
+    them all at once; the chunk is the share of the grid that fits, at least one rate. A population
+    whose compilation runs out of device memory (XLA:TPU) is sized from one rate instead."""
     from types import SimpleNamespace
     from meta_train.evaluation import curves as ev
 
@@ -156,17 +157,51 @@ def test_grid_runs_in_chunks_when_too_large_at_once(monkeypatch):
     assert cmp.grid_chunk(fake(10), 11, budget=100) == 11
     assert cmp.grid_chunk(fake(550), 11, budget=100) == 2
     assert cmp.grid_chunk(fake(10 ** 12), 11, budget=100) == 1
+    assert cmp.grid_chunk(fake(50), 11, budget=100, compiled_rates=1) == 2   # 50 per rate: 2 fit
     assert cmp.grid_chunk(SimpleNamespace(), 11, budget=100) == 11   # no analysis: all at once
+    monkeypatch.setattr(cmp, "GRID_MEMORY_BYTES", 123)
+    assert cmp.grid_budget() == 123
     suite = get_suite("quadratic_30d")
     cfgs, task_keys = suite.tasks(2)
     keys = cmp.seed_keys(task_keys, 2)
     grid = np.array([1e-3, 1e-2, 1e-1], np.float32)
     import optax
     make = lambda lr: optax.adam(lr)  # noqa: E731
+    chosen = []
+    real_chunk, real_compile = cmp.grid_chunk, cmp._compile
+    monkeypatch.setattr(cmp, "grid_chunk", lambda *a, **k: chosen.append(real_chunk(*a, **k)) or chosen[-1])
+    monkeypatch.setattr(cmp, "GRID_MEMORY_BYTES", None)
     whole = cmp._grid_curves(suite.task_family, cfgs, keys, make, grid, 30, final=True)
-    monkeypatch.setattr(cmp, "GRID_MEMORY_BYTES", 1)
-    parts = cmp._grid_curves(suite.task_family, cfgs, keys, make, grid, 30, final=True)
+    assert chosen == [3]
     assert isinstance(whole, ev.TaskCurves) and whole.losses.shape == (3, 2, 2, 30)
-    for a, b in zip(whole, parts):
-        if a is not None:
-            np.testing.assert_allclose(a, b, rtol=1e-6)
+    for budget, want in ((1, 1), (None, 2)):   # one rate at a time; two, then the remainder
+        chosen.clear()
+        if budget is None:   # a budget two of the three rates' population fits in
+            full = real_compile(jax.vmap(jax.vmap(jax.vmap(lambda c, k, lr: cmp.ev.run_task(
+                suite.task_family.task(c), make(lr), k, 30), in_axes=(None, 0, None)),
+                in_axes=(0, 0, None)), in_axes=(None, None, 0)), cfgs, keys, grid)
+            budget = int(full.memory_analysis().temp_size_in_bytes * 2 // 3) + 1
+        monkeypatch.setattr(cmp, "GRID_MEMORY_BYTES", budget)
+        parts = cmp._grid_curves(suite.task_family, cfgs, keys, make, grid, 30, final=True)
+        assert chosen == [want]
+        for a, b in zip(whole, parts):
+            if a is not None:
+                np.testing.assert_allclose(a, b, rtol=1e-6)
+    # the whole population fails to compile for memory: one rate's needs size the chunk
+    calls = []
+
+    def oom_for_the_whole_grid(fn, c, k, g):
+        calls.append(len(g))
+        if len(calls) == 1:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm")
+        return real_compile(fn, c, k, g)
+    monkeypatch.setattr(cmp, "_compile", oom_for_the_whole_grid)
+    monkeypatch.setattr(cmp, "GRID_MEMORY_BYTES", 10 ** 12)
+    chosen.clear()
+    parts = cmp._grid_curves(suite.task_family, cfgs, keys, make, grid, 30, final=True)
+    # compiled: the whole grid (fails), one rate (to size the chunk), the chunked population
+    assert calls == [3, 1, 3] and chosen == [3]
+    np.testing.assert_allclose(whole.losses, parts.losses, rtol=1e-6)
+    monkeypatch.setattr(cmp, "_compile", lambda *a: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):   # any other compile error is not swallowed
+        cmp._grid_curves(suite.task_family, cfgs, keys, make, grid, 30, final=True)

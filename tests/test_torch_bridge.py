@@ -71,10 +71,11 @@ LSTM_STEPS = 30
 # range is e^-3..e^3, takes large steps on this model: its run is chaotic. In JAX alone a 1e-7
 # relative change of theta moves the parameters after 100 steps by 0.11 (measured); torch vs JAX
 # free-running: 3.9e-6 after 25 steps, 6.1e-5 after 50, 0.026 after 100, while every single
-# step of the 100 agrees to 4.8e-7. So its free-running check runs FREE_STEPS steps and the
-# 100-step check is the per-step one.
+# step of the 100 agrees to 4.8e-7. The growth depends on the CPU's floating-point kernels: on
+# another machine (AMD EPYC) 8.0e-6 after 25 steps, 3.5e-5 after 35, 7.1e-4 after 50. So its
+# free-running check runs FREE_STEPS steps and the 100-step check is the per-step one.
 FREE_TOL = {"general": 5e-4}
-FREE_STEPS = {"general": 50}
+FREE_STEPS = {"general": 35}
 DMD_TOL = 5e-4
 DMD_STEP_TOL = 5e-5
 

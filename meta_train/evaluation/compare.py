@@ -96,39 +96,75 @@ def _curves(fam, cfgs, keys, make_tx, per_task, shared, num_steps, guard=False):
     return ev.TaskCurves(*(np.asarray(x) for x in out))
 
 
-GRID_MEMORY_BYTES = 4 * 2 ** 30   # a grid population needing more working memory runs in chunks
+GRID_MEMORY_BYTES: int | None = None   # budget for a grid population's working memory (None: grid_budget)
+_DEFAULT_GRID_BUDGET = 4 * 2 ** 30       # where the device reports no memory limit (CPU)
 
 
-def grid_chunk(compiled, grid_size: int, budget: int | None = None) -> int:
+def grid_budget() -> int:
+    """The working memory a grid population may use at once: ``GRID_MEMORY_BYTES`` when set, else
+    half the device's memory where it reports a limit (accelerators), else 4 GiB."""
+    if GRID_MEMORY_BYTES is not None:
+        return int(GRID_MEMORY_BYTES)
+    try:
+        limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    except Exception:   # backends without memory stats
+        limit = None
+    return int(limit) // 2 if limit else _DEFAULT_GRID_BUDGET
+
+
+def grid_chunk(compiled, grid_size: int, budget: int | None = None, compiled_rates: int | None = None) -> int:
     """How many of a grid's ``grid_size`` rates to run at once: all of them unless the compiled
-    all-at-once population's working memory (XLA's ``memory_analysis``; unknown: all) exceeds
-    ``budget`` (default ``GRID_MEMORY_BYTES``), else the share that fits, at least 1. (Runs that
-    evaluate the whole training set at their end, such as the text RNN's, need ~0.6 GB each:
-    11 rates x 4 tasks x 2 seeds at once would need 56 GB.)"""
-    budget = GRID_MEMORY_BYTES if budget is None else budget
+    population's working memory (XLA's ``memory_analysis``; unknown: all), scaled from the
+    ``compiled_rates`` it was compiled for (default all) to the whole grid, exceeds ``budget``
+    (default :func:`grid_budget`), else the share that fits, at least 1. (Runs that evaluate the
+    whole training set at their end, such as the text RNN's, need ~0.6 GB each: 11 rates x 4 tasks
+    x 2 seeds at once would need 56 GB.)"""
+    budget = grid_budget() if budget is None else budget
     try:
         temp = int(compiled.memory_analysis().temp_size_in_bytes)
     except Exception:   # backends without a memory analysis
         return grid_size
+    temp = temp * grid_size // (compiled_rates or grid_size)
     if temp <= budget:
         return grid_size
     return max(1, int(grid_size * budget // temp))
+
+
+def _compile(fn, *args):
+    """``fn`` jitted, lowered and compiled for ``args`` (one place, so tests can stand in for it)."""
+    return jax.jit(fn).lower(*args).compile()
+
+
+def _out_of_memory(e: Exception) -> bool:
+    return "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
 
 
 def _grid_curves(fam, cfgs, keys, make_tx, grid, num_steps, final: bool = False):
     """Every learning rate of ``grid`` on every task and seed, one vmapped, jitted population:
     ``curves.TaskCurves`` with leading axes (lrs, tasks, seeds). With ``final=False`` only the
     curves leave the jitted function (XLA then drops the end-of-run evaluations; the other fields
-    are None): for runs whose end is not reported, such as Adam's longer reference runs."""
+    are None): for runs whose end is not reported, such as Adam's longer reference runs. A
+    population too large at once (:func:`grid_chunk`; or whose compilation runs out of device
+    memory, as XLA:TPU's does) runs its rates in chunks, in turn, with the same results."""
     def one(cfg, key, lr):
         run = ev.run_task(fam.task(cfg), make_tx(lr), key, num_steps)
         return run if final else run.losses
     f = jax.vmap(jax.vmap(one, in_axes=(None, 0, None)), in_axes=(0, 0, None))
     grid = jnp.asarray(grid)
-    compiled = jax.jit(jax.vmap(f, in_axes=(None, None, 0))).lower(cfgs, keys, grid).compile()
-    chunk = grid_chunk(compiled, len(grid))
-    if chunk < len(grid):   # too large at once: the grid's rates in chunks of ``chunk``, in turn
-        compiled = jax.jit(lambda c, k, g: jax.lax.map(lambda lr: f(c, k, lr), g, batch_size=chunk))
+
+    def chunked(size):
+        return _compile(lambda c, k, g: jax.lax.map(lambda lr: f(c, k, lr), g, batch_size=size),
+                        cfgs, keys, grid)
+    try:
+        compiled = _compile(jax.vmap(f, in_axes=(None, None, 0)), cfgs, keys, grid)
+        chunk = grid_chunk(compiled, len(grid))
+    except Exception as e:   # the whole population does not even compile: size a chunk from one rate
+        if len(grid) == 1 or not _out_of_memory(e):
+            raise
+        one_rate = _compile(jax.vmap(f, in_axes=(None, None, 0)), cfgs, keys, grid[:1])
+        chunk = min(grid_chunk(one_rate, len(grid), compiled_rates=1), max(1, len(grid) // 2))
+    if chunk < len(grid):
+        compiled = chunked(chunk)
     out = compiled(cfgs, keys, grid)
     if not final:
         return ev.TaskCurves(np.asarray(out), None, None, None)
