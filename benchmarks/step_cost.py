@@ -3,6 +3,13 @@ unguarded, behind the per-step loss guard and behind the trajectory guard, relat
 
     python benchmarks/step_cost.py [--task mnist1d_mlp_relu] [--steps 300] [--repeats 3]
     python benchmarks/step_cost.py --plain --archs mlp 'mlp:{"hidden_sizes": [16]}' adafactor_mlp
+    python benchmarks/step_cost.py --plain --archs general 'general:{"orthogonalize": false}' \
+        --task 'mnist1d_mlp:{"hidden_sizes": [512, 512]}'
+
+``--archs`` also takes a shipped optimizer's name or a checkpoint file (its trained
+meta-parameters, told the run's length), optionally with config overrides after the colon.
+``--task`` also takes ``FAMILY:JSON``, a family's default task with constructor arguments
+(e.g. a wider MLP), to see how the cost ratio falls as the model grows.
 
 ``--archs`` takes architecture names, or ``NAME:JSON`` with a config (e.g. a smaller hidden
 layer); ``--plain`` times only the unguarded optimizers without DMD.
@@ -15,6 +22,7 @@ use freshly initialised meta-parameters: cost does not depend on their values.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -36,7 +44,9 @@ DMD = {"dmd_window": 8, "dmd_rank": 3}
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", default="mnist1d_mlp_relu", help="named task (see `lopt tasks`)")
+    ap.add_argument("--task", default="mnist1d_mlp_relu",
+                    help="named task (see `lopt tasks`), or FAMILY:JSON (a family's default task with "
+                         "these constructor arguments)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--archs", nargs="*", default=None,
@@ -44,7 +54,12 @@ def main():
     ap.add_argument("--plain", action="store_true", help="unguarded, no DMD variants only")
     args = ap.parse_args()
 
-    task = tasks.get_task(args.task)
+    name, _, fam_conf = args.task.partition(":")
+    if fam_conf:
+        family = tasks.get_family(name, **json.loads(fam_conf))
+        task = family.task(family.default_cfg())
+    else:
+        task = tasks.get_task(args.task)
     key = jax.random.PRNGKey(0)
     n_params = sum(x.size for x in jax.tree.leaves(task.init(key)))
     n = args.steps
@@ -61,11 +76,18 @@ def main():
     for spec in args.archs or sorted(learned_opt.architectures()):
         arch, _, conf = spec.partition(":")
         conf = json.loads(conf) if conf else {}
+        trained = arch not in learned_opt.architectures()   # a shipped name or a file
         for dmd_on in (False,) if args.plain else (False, True):
-            lopt = learned_opt.make(arch, {**conf, **(DMD if dmd_on else {})})
-            theta = lopt.init(jax.random.PRNGKey(1))
+            if trained:
+                loaded = learned_opt.load(arch)
+                lopt = learned_opt.make(loaded.lopt.architecture, {
+                    **dataclasses.asdict(loaded.lopt.config), **conf, **(DMD if dmd_on else {})})
+                theta = loaded.theta if not dmd_on else lopt.init(jax.random.PRNGKey(1))
+            else:
+                lopt = learned_opt.make(arch, {**conf, **(DMD if dmd_on else {})})
+                theta = lopt.init(jax.random.PRNGKey(1))
             name = spec + (" +DMD" if dmd_on else "")
-            rows.append((name, time_tx(lopt.as_optax(theta))))
+            rows.append((name, time_tx(lopt.as_optax(theta, n if trained else None))))
             if not args.plain:
                 rows.append((name + " +guard", time_tx(guarded(lopt, theta), guard=True)))
                 rows.append((name + " +traj-guard",
