@@ -92,7 +92,8 @@ def family_curves(family, cfgs, keys, make_tx: Callable[[Any], optax.GradientTra
     With ``hparam_axis=0`` the leading axis of ``hparams`` is an extra vmapped axis
     (e.g. a learning-rate grid) and outputs have shape (num_hparams, num_tasks, ...).
     Returns :class:`TaskCurves` of numpy arrays; ``guard`` as in :func:`run_task` (the rates
-    are NaN when unguarded).
+    are NaN when unguarded). Every candidate runs at once: the benchmarks' tuning grids go
+    through ``compare._grid_curves`` instead, which chunks a grid too large for memory.
     """
     def one(cfg, key, hp):
         return run_task(family.task(cfg), make_tx(hp), key, num_steps, guard=guard)
