@@ -310,11 +310,18 @@ _STOPPING = threading.Lock()
 def _stop(what: str) -> None:
     """One line on stderr and exit PEER_LOST_EXIT, once, whichever thread detects it first."""
     _STOPPING.acquire()     # a second detector blocks here until the process is gone
-    sys.stderr.write(f"lopt: error: distributed: {what}. The last checkpoint in the run directory "
-                     "is intact: restart every process with --resume\n")
-    sys.stderr.flush()
-    # the runtime's own threads (gRPC) may still log the lost connection: our line stays the last
+    line = (f"lopt: error: distributed: {what}. The last checkpoint in the run directory is intact: "
+            "restart every process with --resume\n")
+    # The runtime's own threads (gRPC, the coordination client's fatal "Terminating process") may
+    # log the lost connection at any moment: silence fd 2 first, then write our line through a copy
+    # of it, so that nothing can follow it (writing first left a window where they could).
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    out = os.dup(2)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    os.write(out, line.encode())
     os._exit(PEER_LOST_EXIT)
 
 
