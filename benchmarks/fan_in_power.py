@@ -30,7 +30,7 @@ DEFAULT_SUITES = ("mnist1d_mlp_wide", "mnist1d_mlp", "text_rnn", "digits_conv", 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", nargs="?", default="general", help="a norm_mlp file or shipped name")
-    p.add_argument("--alpha", type=float, default=0.5, 
+    p.add_argument("--alpha", type=float, default=0.5,
                    help="s = (base / fan_in)^alpha, base the rule's mup_base_fan_in (32 for general; "
                         "1 = as trained)")
     p.add_argument("--wide-only", action="store_true",

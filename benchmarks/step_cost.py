@@ -77,9 +77,9 @@ def main():
         arch, _, conf = spec.partition(":")
         conf = json.loads(conf) if conf else {}
         trained = arch not in learned_opt.architectures()   # a shipped name or a file
+        loaded = learned_opt.load(arch) if trained else None
         for dmd_on in (False,) if args.plain else (False, True):
             if trained:
-                loaded = learned_opt.load(arch)
                 lopt = learned_opt.make(loaded.lopt.architecture, {
                     **dataclasses.asdict(loaded.lopt.config), **conf, **(DMD if dmd_on else {})})
                 theta = loaded.theta if not dmd_on else lopt.init(jax.random.PRNGKey(1))

@@ -32,10 +32,10 @@ def _adam_cosine(learning_rate, num_steps=None, **kw):
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise LearnedOptError(f"baseline 'adam_cosine' needs num_steps, the run's length "
                               f"(a positive int), got {num_steps!r}")
-    decay = optax.cosine_decay_schedule(1.0, int(num_steps))
-    rate = (lambda t: learning_rate(t) * decay(t)) if callable(learning_rate) else \
-        optax.cosine_decay_schedule(learning_rate, int(num_steps))
-    return optax.adam(rate, **kw)
+    if callable(learning_rate):
+        decay = optax.cosine_decay_schedule(1.0, int(num_steps))
+        return optax.adam(lambda t: learning_rate(t) * decay(t), **kw)
+    return optax.adam(optax.cosine_decay_schedule(learning_rate, int(num_steps)), **kw)
 
 
 SCHEDULED = ("adam_cosine",)   # baselines whose rate follows a schedule over num_steps

@@ -167,9 +167,14 @@ def test_grid_runs_in_chunks_when_too_large_at_once(monkeypatch):
     grid = np.array([1e-3, 1e-2, 1e-1], np.float32)
     import optax
     make = lambda lr: optax.adam(lr)  # noqa: E731
-    chosen = []
+    chosen, analysed = [], []   # the chunks chosen, the compiled populations they were chosen for
     real_chunk, real_compile = cmp.grid_chunk, cmp._compile
-    monkeypatch.setattr(cmp, "grid_chunk", lambda *a, **k: chosen.append(real_chunk(*a, **k)) or chosen[-1])
+
+    def spy(compiled, *a, **k):
+        analysed.append(compiled)
+        chosen.append(real_chunk(compiled, *a, **k))
+        return chosen[-1]
+    monkeypatch.setattr(cmp, "grid_chunk", spy)
     monkeypatch.setattr(cmp, "GRID_MEMORY_BYTES", None)
     whole = cmp._grid_curves(suite.task_family, cfgs, keys, make, grid, 30, final=True)
     assert chosen == [3]
@@ -177,10 +182,7 @@ def test_grid_runs_in_chunks_when_too_large_at_once(monkeypatch):
     for budget, want in ((1, 1), (None, 2)):   # one rate at a time; two, then the remainder
         chosen.clear()
         if budget is None:   # a budget two of the three rates' population fits in
-            full = real_compile(jax.vmap(jax.vmap(jax.vmap(lambda c, k, lr: cmp.ev.run_task(
-                suite.task_family.task(c), make(lr), k, 30), in_axes=(None, 0, None)),
-                in_axes=(0, 0, None)), in_axes=(None, None, 0)), cfgs, keys, grid)
-            budget = int(full.memory_analysis().temp_size_in_bytes * 2 // 3) + 1
+            budget = int(analysed[0].memory_analysis().temp_size_in_bytes * 2 // 3) + 1
         monkeypatch.setattr(cmp, "GRID_MEMORY_BYTES", budget)
         parts = cmp._grid_curves(suite.task_family, cfgs, keys, make, grid, 30, final=True)
         assert chosen == [want]

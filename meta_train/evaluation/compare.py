@@ -150,21 +150,19 @@ def _grid_curves(fam, cfgs, keys, make_tx, grid, num_steps, final: bool = False)
         run = ev.run_task(fam.task(cfg), make_tx(lr), key, num_steps)
         return run if final else run.losses
     f = jax.vmap(jax.vmap(one, in_axes=(None, 0, None)), in_axes=(0, 0, None))
+    over_grid = jax.vmap(f, in_axes=(None, None, 0))
     grid = jnp.asarray(grid)
-
-    def chunked(size):
-        return _compile(lambda c, k, g: jax.lax.map(lambda lr: f(c, k, lr), g, batch_size=size),
-                        cfgs, keys, grid)
     try:
-        compiled = _compile(jax.vmap(f, in_axes=(None, None, 0)), cfgs, keys, grid)
+        compiled = _compile(over_grid, cfgs, keys, grid)
         chunk = grid_chunk(compiled, len(grid))
     except Exception as e:   # the whole population does not even compile: size a chunk from one rate
         if len(grid) == 1 or not _out_of_memory(e):
             raise
-        one_rate = _compile(jax.vmap(f, in_axes=(None, None, 0)), cfgs, keys, grid[:1])
+        one_rate = _compile(over_grid, cfgs, keys, grid[:1])
         chunk = min(grid_chunk(one_rate, len(grid), compiled_rates=1), max(1, len(grid) // 2))
-    if chunk < len(grid):
-        compiled = chunked(chunk)
+    if chunk < len(grid):   # the grid's rates in chunks of ``chunk``, in turn
+        compiled = _compile(lambda c, k, g: jax.lax.map(lambda lr: f(c, k, lr), g, batch_size=chunk),
+                            cfgs, keys, grid)
     out = compiled(cfgs, keys, grid)
     if not final:
         return ev.TaskCurves(np.asarray(out), None, None, None)
@@ -249,8 +247,9 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
 
     Adam runs the grid ``LR_GRIDS["adam"]`` for ``adam_factor`` times the suite's horizon T: its
     first T steps give Adam tuned per task (and at lr=1e-3), all of it the reference curve of
-    the speedup (``meta_train.evaluation.speedup``). Each baseline is tuned per task over its own grid (a scheduled one, ``adam_cosine``, over the suite's T) on the
-    seed-averaged final training loss at T. Learned optimizers run as they are and behind each
+    the speedup (``meta_train.evaluation.speedup``). Each baseline is tuned per task over its own
+    grid (a scheduled one, ``adam_cosine``, scheduled over the suite's T) on the seed-averaged
+    final training loss at T. Learned optimizers run as they are and behind each
     guard of ``guard`` (:func:`guard_kinds`: True = both) with Adam at the task's tuned learning
     rate as the fallback (the trajectory guard checks every ``check_every`` steps and at T). A
     trajectory-guarded run that ends on its fallback's parameters is scored on the fallback's
