@@ -197,8 +197,8 @@ DMD_ON = {"dmd_window": 8, "dmd_rank": 3}   # DMD features: last 8 gradients, ra
 # coordinates (per-tensor scales 0.1-10), loss scale 0.01-100, batch 10-100% of its rows.
 GENERAL_AUGMENT = {"reparam": [0.1, 10.0], "loss_scale": [0.01, 100.0], "batch_fraction": [0.1, 1.0]}
 # The general optimizer's meta-training mixture. Held out for evaluation: other datasets (digits),
-# wider networks, autoencoders, GRUs and text other than source code, attention, 2-D convs, NQM,
-# longer horizons.
+# wider networks, autoencoders, recurrent models on text other than source code, attention, 2-D
+# convs, NQM, longer horizons.
 GENERAL_FAMILIES = (
     {"family": "mnist1d_mlp", "augment": GENERAL_AUGMENT, "num_pairs": 8, "label": "mlp32x2_aug"},
     {"family": "mnist1d_mlp", "kwargs": {"hidden_sizes": [64, 64]}, "label": "mlp64x2"},
@@ -210,6 +210,12 @@ GENERAL_FAMILIES = (
     # character LSTMs on Python source (the text_rnn suite is GRUs, 64 wide, on docstrings)
     {"family": "text_rnn", "kwargs": {"corpus": "stdlib_code", "cell": "lstm", "hidden_size": 32,
                                       "seq_len": 16, "batch_size": 16}, "label": "char_lstm"},
+    # character GRUs 96 wide on Python source (wider than the suite's 64: muP's 32 / fan_in left
+    # 64-wide recurrent layers under-stepped); recurrent meta-gradients are ~20x smaller than the
+    # MLPs', hence the weight (docs/experiments/general_v5 -> checkpoints/general)
+    {"family": "text_rnn", "kwargs": {"corpus": "stdlib_code", "cell": "gru", "hidden_size": 96,
+                                      "seq_len": 16, "batch_size": 32},
+     "weight": 4.0, "num_pairs": 3, "label": "gru96"},
 )
 
 NAMED_CONFIGS: dict[str, TrainConfig] = {
@@ -235,8 +241,8 @@ NAMED_CONFIGS: dict[str, TrainConfig] = {
         meta_lr=1e-3, meta_lr_final=1e-4, outer_steps=10000, eval_every=500, eval_steps=400,
         checkpoint_every=25, families=GENERAL_FAMILIES,
         description="The general optimizer: norm_mlp (normalised, muP-scaled, time-conditioned, "
-                    "Newton-Schulz orthogonalised matrix steps) meta-trained with PES on a mixture of 7 families (MLPs of widths 16-256 and "
-                    "depths 1-2, one with augmentation, conv nets, quadratics, character LSTMs), "
+                    "Newton-Schulz orthogonalised matrix steps) meta-trained with PES on a mixture of 8 families (MLPs of widths 16-256 and "
+                    "depths 1-2, one with augmentation, conv nets, quadratics, character LSTMs and GRUs), "
                     "episodes 100-2000 steps, log meta-loss."),
     "digits": TrainConfig(
         family="digits_mlp",

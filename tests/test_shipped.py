@@ -112,7 +112,9 @@ def test_general_extrapolates_from_its_own_longest_episode():
                                    jax.random.PRNGKey(0))
             step[label, n] = np.asarray(new["w"] - params["w"])
     np.testing.assert_array_equal(step["on", H], step["off", H])
-    np.testing.assert_allclose(step["on", 4 * H], 0.5 * step["off", 4 * H], rtol=1e-5)
+    # float32 rounding inside Newton-Schulz differs between the two compiled programs: an
+    # absolute tolerance of ~1e-6 of the largest entry (seen: 3e-8 on an entry of 5e-4)
+    np.testing.assert_allclose(step["on", 4 * H], 0.5 * step["off", 4 * H], rtol=1e-5, atol=1e-7)
 
 
 def test_model_card_command_reproduces_the_config():
