@@ -45,6 +45,18 @@ bounded magnitude ``e^-L`` alone stalls (at 20x its meta-training horizon the pr
 plateaus at 22x tuned Adam's final loss, and ends at 0.32x with a cosine composed outside:
 ``benchmarks/lr_multiples.py --cosine``).
 
+``hypergrad`` beta > 0 adapts each matrix's step size online, as hypergradient descent does
+(Baydin et al. 2018) on the log of a per-tensor multiplier ``ell`` (0 at the start): the
+derivative of the loss after a step with respect to that step's log-size is ``-g_t . step_{t-1}``,
+so a gradient still pointing along the last step (cos > 0) says the steps are too small and
+grows them, one turned against it (an overshoot) shrinks them. The cosine (not the raw product)
+makes it scale-free, ``|ell| <= B`` bounds it, and it needs no meta-parameters, so a trained rule
+can use it at test time. It exists because a rule meta-trained on some widths and
+architectures scales its steps for those: on the text RNN and 1-D conv suites the shipped rule's
+steps are too small by ~4x (``benchmarks/lr_multiples.py``), and no fixed muP power fixes one
+net without breaking another. Vectors (biases, gains, a quadratic's parameters) keep ``ell = 0``:
+on noisy quadratics the cosine is dominated by noise that had pushed it up.
+
 ``trained_horizon`` (0 = off) extrapolates past the longest episode meta-training showed the
 rule: tau only says how far through a run it is, so a run 10x longer than any it was trained on
 gets the same steps 10x as many times. Longer runs want smaller steps (for SGD on convex
@@ -102,6 +114,8 @@ class NormMLPState(NamedTuple):
     num_steps: Array
     dmd: DMDState | None = None
     adam_rms: PyTree | None = None   # per tensor r (scalars), ``noise_power > 0`` only
+    log_scale: PyTree | None = None  # per tensor ell (scalars), ``hypergrad > 0`` only
+    prev_step: PyTree | None = None  # per tensor its last step, ``hypergrad > 0`` only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +143,8 @@ class NormMLPConfig(LOptConfig):
     trained_horizon: int = 0          # > 0: steps of known runs longer than this shrink by (H/N)^q;
                                       # set it to meta-training's max_episode_length
     horizon_power: float = 0.5        # q
+    hypergrad: float = 0.0            # beta > 0: matrices' steps times exp(ell), ell += beta cos(g, last step)
+    hypergrad_bound: float = 3.0      # |ell| <= this
     output_init_scale: float = 0.1
     norm_eps: float = 1e-5
     dmd_window: int = 0
@@ -162,6 +178,8 @@ class NormMLPConfig(LOptConfig):
         yield "trained_horizon", isinstance(self.trained_horizon, int) and not isinstance(
             self.trained_horizon, bool) and self.trained_horizon >= 0, "an int >= 0 (0 = off)"
         yield "horizon_power", is_real(self.horizon_power) and self.horizon_power >= 0, ">= 0"
+        yield "hypergrad", is_real(self.hypergrad) and self.hypergrad >= 0, ">= 0 (0 = off)"
+        yield "hypergrad_bound", is_real(self.hypergrad_bound) and self.hypergrad_bound >= 0, ">= 0"
         yield "max_log_scale", is_real(self.max_log_scale) and self.max_log_scale >= 0, ">= 0"
         yield "norm_eps", is_real(self.norm_eps) and self.norm_eps > 0, "positive"
         yield from super().checks()
@@ -210,6 +228,20 @@ def horizon_factor(num_steps: Array, trained_horizon: int, power: float) -> Arra
     n = jnp.asarray(num_steps, jnp.float32)
     longer = n > trained_horizon
     return jnp.where(longer, (trained_horizon / jnp.maximum(n, 1.0)) ** power, 1.0).astype(jnp.float32)
+
+
+def hypergrad_scale(x: Array, step: Array, prev: Array, ell: Array, beta: float,
+                    bound: float) -> tuple[Array, Array]:
+    """``(step * exp(ell'), ell')`` with ``ell' = clip(ell + beta * cos(g, prev), -bound, bound)``
+    for a tensor with ndim >= 2 (``g`` = ``x``'s gradient channel, ``prev`` its last step);
+    ``(step, ell)`` unchanged for vectors and scalars. ``cos`` is 0 while either is all zeros."""
+    if jnp.ndim(step) < 2 or x.size == 0:
+        return step, ell
+    g = x[..., 0]
+    dot = jnp.sum(g * prev)
+    cos = dot * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(g)) * jnp.sum(jnp.square(prev)), 1e-30))
+    ell = jnp.clip(ell + beta * cos, -bound, bound)
+    return step * jnp.exp(ell), ell
 
 
 def adam_rms(a: Array) -> Array:
@@ -268,6 +300,9 @@ class NormMLP(LearnedOptimizer):
                  "v": jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)}
         if self.config.noise_power > 0:
             slots["adam_rms"] = jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params)
+        if self.config.hypergrad > 0:
+            slots["log_scale"] = jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params)
+            slots["prev_step"] = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
         return slots
 
     def features(self, theta, state: NormMLPState, grads, params, loss):
@@ -306,6 +341,13 @@ class NormMLP(LearnedOptimizer):
                else [None] * len(p_leaves))
         steps = [self.tensor_step(theta, x, p, s, h, orthogonalize=r != "input", noise=n)
                  for x, p, s, r, n in zip(leaves, p_leaves, scales, roles, rms)]
+        if cfg.hypergrad > 0:
+            pairs = [hypergrad_scale(x, st, prev, ell, cfg.hypergrad, cfg.hypergrad_bound)
+                     for x, st, prev, ell in zip(leaves, steps, jax.tree.leaves(state.prev_step),
+                                                 jax.tree.leaves(state.log_scale))]
+            steps = [st for st, _ in pairs]
+            state = state._replace(log_scale=jax.tree.unflatten(treedef, [e for _, e in pairs]),
+                                   prev_step=jax.tree.unflatten(treedef, steps))
         return jax.tree.unflatten(treedef, steps), state
 
     def network(self, theta, inputs: Array) -> tuple[Array, Array]:
@@ -352,4 +394,4 @@ class NormMLP(LearnedOptimizer):
 
 
 __all__ = ["NormMLP", "NormMLPConfig", "NormMLPState", "adam_rms", "cosine_factor", "fraction_features",
-           "horizon_factor"]
+           "horizon_factor", "hypergrad_scale"]

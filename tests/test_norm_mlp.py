@@ -294,7 +294,8 @@ def test_learning_rate_schedule_composes_through_optax():
 
 def test_config_errors():
     for bad in ({"beta1": 1.0}, {"lr": -1.0}, {"mup": "yes"}, {"weight_decay": float("nan")},
-                {"trained_horizon": 2.5}, {"horizon_power": -1.0},
+                {"trained_horizon": 2.5}, {"horizon_power": -1.0}, {"hypergrad": -0.1},
+                {"hypergrad_bound": float("nan")},
                 {"mup_power_wide_only": True},                          # mup_power 1: changes nothing
                 {"mup_power_wide_only": True, "mup_power": 0.5, "mup": False}):
         with pytest.raises(learned_opt.LearnedOptError, match=list(bad)[0]):
@@ -368,3 +369,62 @@ def test_noise_input_adapts_a_trained_rule_to_the_same_steps_and_learns_from_r(t
                                same_config=False)
     with pytest.raises(learned_opt.LearnedOptError, match="noise_input"):
         NormMLPConfig(noise_input=True, adam_scale=True)
+
+
+@pytest.mark.parametrize("beta, bound", [(0.1, 3.0), (100.0, 0.5)])
+def test_hypergrad_scales_matrix_steps_by_the_cosine_of_gradient_and_last_step(beta, bound):
+    """``hypergrad`` beta: no new meta-parameters; a matrix's step is the plain rule's times
+    ``exp(ell)``, ``ell <- clip(ell + beta cos(g_t, step_{t-1}), -bound, bound)`` from 0 (so the
+    first step is the plain one: there is no last step yet); vectors and scalars are unchanged.
+    Oracle: the plain rule's steps (hypergrad 0) and the cosine in numpy."""
+    base = NormMLP(NormMLPConfig(lr=0.01, output_init_scale=1.0))
+    hyper = NormMLP(NormMLPConfig(lr=0.01, output_init_scale=1.0, hypergrad=beta,
+                                  hypergrad_bound=bound))
+    theta = jax.device_get(base.init(jax.random.PRNGKey(3)))
+    assert jax.tree.map(jnp.shape, hyper.init(jax.random.PRNGKey(3))) == jax.tree.map(jnp.shape, theta)
+    s_b, s_h = base.opt_init(theta, P, 8), hyper.opt_init(theta, P, 8)
+    assert s_b.log_scale is None and s_b.prev_step is None
+    p_b, s_b = base.opt_update(theta, s_b, G1, P, 0.0, KEY)
+    p_h, s_h = hyper.opt_update(theta, s_h, G1, P, 0.0, KEY)
+    step1 = {k: np.asarray(P[k], np.float64) - np.asarray(p_h[k]) for k in P}
+    for k in P:
+        np.testing.assert_allclose(p_h[k], p_b[k], rtol=1e-6, atol=1e-9)
+        assert float(s_h.log_scale[k]) == 0.0
+    q_b, _ = base.opt_update(theta, s_b, G2, P, 0.0, KEY)
+    q_h, s_h = hyper.opt_update(theta, s_h, G2, P, 0.0, KEY)
+    g2 = np.asarray(G2["w"], np.float64)
+    cos = np.sum(g2 * step1["w"]) / np.sqrt(np.sum(g2 ** 2) * np.sum(step1["w"] ** 2))
+    ell = np.clip(beta * cos, -bound, bound)
+    assert abs(cos) > 0.05
+    np.testing.assert_allclose(float(s_h.log_scale["w"]), ell, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(P["w"]) - q_h["w"], np.exp(ell) * (np.asarray(P["w"]) - q_b["w"]),
+                               rtol=1e-5, atol=1e-8)
+    for k in ("b", "s"):
+        np.testing.assert_allclose(q_h[k], q_b[k], rtol=1e-6, atol=1e-9)
+        assert float(s_h.log_scale[k]) == 0.0
+    np.testing.assert_allclose(np.asarray(s_h.prev_step["w"]), np.asarray(P["w"]) - q_h["w"], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("lr, grows", [(1e-4, True), (0.3, False)])
+def test_hypergrad_grows_too_small_steps_and_shrinks_overshooting_ones(lr, grows):
+    """The controller's purpose: on ``0.5 |W - W*|^2`` (W 8x8, start 1 away per entry) steps
+    far too small keep the gradient along the last step (cos > 0), so ``ell`` climbs and the run
+    ends nearer W* than the plain rule; steps far too large overshoot (the gradient turns
+    against the last step), so ``ell`` falls and the run again ends nearer W*."""
+    target = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8)), jnp.float32)
+    params = {"w": target + 1.0}
+
+    def run(beta):
+        lopt = NormMLP(NormMLPConfig(lr=lr, hypergrad=beta, mup=False))
+        theta = jax.device_get(lopt.init(jax.random.PRNGKey(0)))
+        state, p = lopt.opt_init(theta, params, 200), params
+        update = jax.jit(lopt.opt_update)
+        for _ in range(200):
+            p, state = update(theta, state, {"w": p["w"] - target}, p, jnp.float32(0.0), KEY)
+        return float(jnp.sum(jnp.square(p["w"] - target))), state
+
+    plain, _ = run(0.0)
+    loss, state = run(0.05)
+    ell = float(state.log_scale["w"])
+    assert (ell > 2.0) if grows else (ell < -1.0), ell
+    assert loss < 0.5 * plain, (loss, plain)

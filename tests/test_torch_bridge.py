@@ -111,6 +111,9 @@ CASES = {
         "noise_input": True, "orthogonalize": True, "cosine_floor": 0.1, "output_init_scale": 1.0}), 100),
     "norm_mlp noise_power, N=100": (lambda: fresh("norm_mlp", {
         "noise_power": 0.5, "orthogonalize": True, "cosine_floor": 0.1, "output_init_scale": 1.0}), 100),
+    "norm_mlp hypergrad, N=100": (lambda: fresh("norm_mlp", {
+        "hypergrad": 0.2, "hypergrad_bound": 1.0, "orthogonalize": True, "weight_decay": 0.1,
+        "output_init_scale": 1.0}), 100),
     "adafactor_mlp fresh": (lambda: fresh("adafactor_mlp", {
         "momentum_decays": [0.5, 0.9], "adafactor_decays": [0.8, 0.99], "rms_decay": 0.99,
         "output_init_scale": 1.0, "step_mult": 0.01}), None),
@@ -325,10 +328,14 @@ def _make(name, params, **kwargs):
     if name == "mlp +DMD":
         lopt, theta = fresh("mlp", {"dmd_window": 4, "dmd_rank": 2})
         return LearnedOptim.from_lopt(lopt, theta, params, **kwargs)
+    if name in CASES:
+        lopt, theta = CASES[name][0]()
+        return LearnedOptim.from_lopt(lopt, theta, params, **kwargs)
     return LearnedOptim.from_checkpoint(name, params, **kwargs)
 
 
-@pytest.mark.parametrize("name", ["adafactor_mlp", "rnn_mlp", "lstm", "mlp +DMD"])
+@pytest.mark.parametrize("name", ["adafactor_mlp", "rnn_mlp", "lstm", "mlp +DMD",
+                                  "norm_mlp hypergrad, N=100"])
 def test_state_dict_round_trip_continues_identically(name):
     params = torch_params()
     opt = _make(name, params, num_steps=20)

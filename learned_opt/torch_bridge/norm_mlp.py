@@ -16,6 +16,8 @@ length (0 = unknown), ``lr`` the group's learning rate (default: the config's ``
     h_N  = (H / N)^q if 0 < H < N else 1        (H = trained_horizon, q = horizon_power)
     step = lr * h_N * c_t * s_mup * exp(max_log_scale * tanh(mean(m))) * u * [x_g != 0 somewhere]
            + lr * weight_decay * p                              (ndim >= 2)
+    ell <- clip(ell + beta cos(x_g, last step), -B, B); step <- exp(ell) step
+                            (hypergrad beta > 0, B = hypergrad_bound; ndim >= 2; ell starts at 0)
 
 with ``s_mup = q^mup_power``, ``q = mup_base_fan_in / prod(shape[:-1])`` (``max(q, q^mup_power)`` with
 ``mup_power_wide_only``) for ndim >= 2 (1 otherwise; 1
@@ -82,9 +84,13 @@ class NormMLPRule(Rule):
 
     def init_state(self, p):
         k = len(self.decays)
-        return {"step": 0,
-                "momenta": torch.zeros(p.shape + (k,), dtype=F32, device=p.device),
-                "v": torch.zeros(p.shape, dtype=F32, device=p.device)}
+        state = {"step": 0,
+                 "momenta": torch.zeros(p.shape + (k,), dtype=F32, device=p.device),
+                 "v": torch.zeros(p.shape, dtype=F32, device=p.device)}
+        if self.config.hypergrad > 0:
+            state.update(log_scale=torch.zeros((), dtype=F32, device=p.device),
+                         prev_step=torch.zeros(p.shape, dtype=F32, device=p.device))
+        return state
 
     def tensor_step(self, slot: Slot) -> torch.Tensor:
         cfg = self.config
@@ -133,6 +139,14 @@ class NormMLPRule(Rule):
         step = ((slot.lr * scale) * horizon) * mag * live * u
         if cfg.weight_decay and p.dim() >= 2:
             step = step + slot.lr * cfg.weight_decay * p
+        if cfg.hypergrad > 0 and p.dim() >= 2:
+            g0, prev = x[..., 0], st["prev_step"]
+            cos = torch.sum(g0 * prev) * torch.rsqrt(torch.clamp(
+                torch.sum(g0.square()) * torch.sum(prev.square()), min=1e-30))
+            ell = torch.clamp(st["log_scale"] + cfg.hypergrad * cos, -cfg.hypergrad_bound,
+                              cfg.hypergrad_bound)
+            step = step * torch.exp(ell)
+            st.update(log_scale=ell, prev_step=step.detach().clone())
         return step
 
 
