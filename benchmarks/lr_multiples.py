@@ -13,6 +13,7 @@ the step size, limit it (e.g. 20x past its meta-training horizon)?
     python benchmarks/lr_multiples.py general --suite mnist1d_mlp_horizon --tasks 1 --mults 0.1 0.3 1 --cosine
     python benchmarks/lr_multiples.py general --suite mnist1d_conv --steps 20000 --mults 0.1 0.316 1
     python benchmarks/lr_multiples.py general --suite text_rnn --tasks 1 --mults 3 --per-tensor
+    python benchmarks/lr_multiples.py general --held-out --suite text_rnn --mults 1 --lopt-config '{"hypergrad": 0}' --lopt-config '{}'
 
 ``--steps`` trains a suite's tasks for another number of steps (the optimizer is told it), e.g.
 to find the step multiple a horizon past meta-training wants on tasks no report suite trains
@@ -42,9 +43,13 @@ def main(argv=None) -> int:
     p.add_argument("--mults", type=float, nargs="+", default=[0.3, 1.0, 3.0, 10.0])
     p.add_argument("--steps", type=int, default=None,
                    help="train each suite's tasks for this many steps (default: the suite's own)")
-    p.add_argument("--lopt-config", default=None, metavar="JSON",
+    p.add_argument("--lopt-config", action="append", metavar="JSON",
                    help="override fields of the optimizer's config, e.g. '{\"trained_horizon\": 0}' "
-                        "(the same meta-parameters without the horizon factor)")
+                        "(the same meta-parameters without the horizon factor); repeated: each is "
+                        "a variant, run against the same tuned Adam")
+    p.add_argument("--held-out", action="store_true",
+                   help="the suites' held-out tasks (`lopt bench --held-out`'s: another seed for "
+                        "tasks, initialisations and batches)")
     p.add_argument("--cosine", action="store_true",
                    help="also each multiple with a cosine decay to 0 composed outside the rule")
     p.add_argument("--per-tensor", action="store_true",
@@ -58,6 +63,7 @@ def main(argv=None) -> int:
     import learned_opt
     from learned_opt import compile_cache
     from learned_opt.baselines import LR_GRIDS
+    from tasks.suites import HELDOUT_SEED
     from tasks.suites import get_suite
     from tasks.training import train
 
@@ -69,20 +75,26 @@ def main(argv=None) -> int:
         return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
     compile_cache.enable()
-    loaded = learned_opt.load(args.checkpoint)
+    base = learned_opt.load(args.checkpoint)
+    variants = [("", base)]
     if args.lopt_config:
         import json
-        try:
-            cfg = {**dataclasses.asdict(loaded.lopt.config), **json.loads(args.lopt_config)}
-            loaded = loaded._replace(lopt=learned_opt.make(loaded.lopt.architecture, cfg))
-        except (ValueError, TypeError, learned_opt.LearnedOptError) as e:
-            p.error(f"--lopt-config: {str(e).splitlines()[0]}")
+        variants = []
+        for text in args.lopt_config:
+            try:
+                cfg = {**dataclasses.asdict(base.lopt.config), **json.loads(text)}
+                lopt = learned_opt.make(base.lopt.architecture, cfg)
+            except (ValueError, TypeError, learned_opt.LearnedOptError) as e:
+                p.error(f"--lopt-config: {str(e).splitlines()[0]}")
+            variants.append((f"{text} " if len(args.lopt_config) > 1 else "", base._replace(lopt=lopt)))
     grid = LR_GRIDS["adam"]
     print(f"{args.checkpoint}: final training loss / best Adam's over lr {grid[0]:g}..{grid[-1]:g} "
           f"({len(grid)} rates), "
           f"at step multiples {args.mults}")
     for name in args.suite or DEFAULT_SUITES:
         suite = get_suite(name)
+        if args.held_out:
+            suite = dataclasses.replace(suite, seed=HELDOUT_SEED)
         if args.steps:
             suite = dataclasses.replace(suite, num_steps=args.steps)
         cfgs, keys = suite.tasks(min(args.tasks, suite.num_tasks))
@@ -103,7 +115,8 @@ def main(argv=None) -> int:
                          jax.tree_util.tree_flatten_with_path(jax.eval_shape(task.init, keys[i]))[0]]
                 runs += [(f"{path} x{k:g}", [scale_one(path, k)]) for path in paths for k in args.mults]
             finals = [final(optax.chain(loaded.as_optax(suite.num_steps), *extra))
-                      for _, extra in runs]
+                      for _, loaded in variants for _, extra in runs]
+            runs = [(v + label, extra) for v, _ in variants for label, extra in runs]
             # a task Adam fits exactly (loss 0, e.g. a small dataset memorised) has no ratio
             ratios, what = ((finals, "loss") if adam <= 0 else
                             ([f / adam for f in finals], "ratio"))
