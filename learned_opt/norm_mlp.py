@@ -52,7 +52,7 @@ so a gradient still pointing along the last step (cos > 0) says the steps are to
 grows them, one turned against it (an overshoot) shrinks them. The cosine (not the raw product)
 makes it scale-free, ``|ell| <= B`` bounds it, and it needs no meta-parameters, so a trained rule
 can use it at test time. It exists because a rule meta-trained on some widths and
-architectures scales its steps for those: on the text RNN and 1-D conv suites the shipped rule's
+architectures scales its steps for those: on the text RNN suite the shipped rule's
 steps are too small by ~4x (``benchmarks/lr_multiples.py``), and no fixed muP power fixes one
 net without breaking another. Vectors (biases, gains, a quadratic's parameters) keep ``ell = 0``:
 on noisy quadratics the cosine is dominated by noise that had pushed it up.
