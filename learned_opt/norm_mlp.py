@@ -54,8 +54,11 @@ makes it scale-free, ``|ell| <= B`` bounds it, and it needs no meta-parameters, 
 can use it at test time. It exists because a rule meta-trained on some widths and
 architectures scales its steps for those: on the text RNN suite the shipped rule's
 steps are too small by ~4x (``benchmarks/lr_multiples.py``), and no fixed muP power fixes one
-net without breaking another. Vectors (biases, gains, a quadratic's parameters) keep ``ell = 0``:
-on noisy quadratics the cosine is dominated by noise that had pushed it up.
+net without breaking another. Vectors (biases, gains, a quadratic's parameters) keep ``ell = 0``
+unless ``hypergrad_vectors`` beta_v > 0, and then only shrink: ``ell <- clip(ell + beta_v cos, -B,
+0)``. On noisy quadratics the cosine of a vector's steps is pushed up by the noise (a symmetric
+controller doubled NQM's final loss), but steps that turn against each other are still the
+sign of a noise floor that wants smaller steps, which per-tensor normalisation otherwise hides.
 
 ``trained_horizon`` (0 = off) extrapolates past the longest episode meta-training showed the
 rule: tau only says how far through a run it is, so a run 10x longer than any it was trained on
@@ -114,8 +117,8 @@ class NormMLPState(NamedTuple):
     num_steps: Array
     dmd: DMDState | None = None
     adam_rms: PyTree | None = None   # per tensor r (scalars), ``noise_power > 0`` only
-    log_scale: PyTree | None = None  # per tensor ell (scalars), ``hypergrad > 0`` only
-    prev_step: PyTree | None = None  # per tensor its last step, ``hypergrad > 0`` only
+    log_scale: PyTree | None = None  # per tensor ell (scalars), ``uses_hypergrad`` only
+    prev_step: PyTree | None = None  # per tensor its last step, ``uses_hypergrad`` only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +148,7 @@ class NormMLPConfig(LOptConfig):
     horizon_power: float = 0.5        # q
     hypergrad: float = 0.0            # beta > 0: matrices' steps times exp(ell), ell += beta cos(g, last step)
     hypergrad_bound: float = 3.0      # |ell| <= this
+    hypergrad_vectors: float = 0.0    # beta for vectors (ndim < 2), whose ell only shrinks: in [-B, 0]
     output_init_scale: float = 0.1
     norm_eps: float = 1e-5
     dmd_window: int = 0
@@ -180,6 +184,8 @@ class NormMLPConfig(LOptConfig):
         yield "horizon_power", is_real(self.horizon_power) and self.horizon_power >= 0, ">= 0"
         yield "hypergrad", is_real(self.hypergrad) and self.hypergrad >= 0, ">= 0 (0 = off)"
         yield "hypergrad_bound", is_real(self.hypergrad_bound) and self.hypergrad_bound >= 0, ">= 0"
+        yield "hypergrad_vectors", is_real(self.hypergrad_vectors) and self.hypergrad_vectors >= 0, \
+            ">= 0 (0 = off)"
         yield "max_log_scale", is_real(self.max_log_scale) and self.max_log_scale >= 0, ">= 0"
         yield "norm_eps", is_real(self.norm_eps) and self.norm_eps > 0, "positive"
         yield from super().checks()
@@ -188,6 +194,11 @@ class NormMLPConfig(LOptConfig):
     def num_per_parameter(self) -> int:
         """Per-parameter channels: g, p, the 1 + len(decays) momenta, sqrt(v), a."""
         return 5 + len(self.decays)
+
+    @property
+    def uses_hypergrad(self) -> bool:
+        """Whether the state carries ``log_scale`` and ``prev_step``."""
+        return bool(self.hypergrad > 0 or self.hypergrad_vectors > 0)
 
     @property
     def r_input(self) -> bool:
@@ -231,16 +242,19 @@ def horizon_factor(num_steps: Array, trained_horizon: int, power: float) -> Arra
 
 
 def hypergrad_scale(x: Array, step: Array, prev: Array, ell: Array, beta: float,
-                    bound: float) -> tuple[Array, Array]:
+                    bound: float, vector_beta: float = 0.0) -> tuple[Array, Array]:
     """``(step * exp(ell'), ell')`` with ``ell' = clip(ell + beta * cos(g, prev), -bound, bound)``
-    for a tensor with ndim >= 2 (``g`` = ``x``'s gradient channel, ``prev`` its last step);
-    ``(step, ell)`` unchanged for vectors and scalars. ``cos`` is 0 while either is all zeros."""
-    if jnp.ndim(step) < 2 or x.size == 0:
+    for a tensor with ndim >= 2 (``g`` = ``x``'s gradient channel, ``prev`` its last step). For
+    vectors and scalars ``ell' = clip(ell + vector_beta * cos(g, prev), -bound, 0)`` (shrink
+    only); ``(step, ell)`` unchanged when the tensor's beta is 0 or it is empty. ``cos`` is 0
+    while either is all zeros."""
+    b, hi = (beta, bound) if jnp.ndim(step) >= 2 else (vector_beta, 0.0)
+    if b <= 0 or x.size == 0:
         return step, ell
     g = x[..., 0]
     dot = jnp.sum(g * prev)
     cos = dot * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(g)) * jnp.sum(jnp.square(prev)), 1e-30))
-    ell = jnp.clip(ell + beta * cos, -bound, bound)
+    ell = jnp.clip(ell + b * cos, -bound, hi)
     return step * jnp.exp(ell), ell
 
 
@@ -300,7 +314,7 @@ class NormMLP(LearnedOptimizer):
                  "v": jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)}
         if self.config.noise_power > 0:
             slots["adam_rms"] = jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params)
-        if self.config.hypergrad > 0:
+        if self.config.uses_hypergrad:
             slots["log_scale"] = jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params)
             slots["prev_step"] = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
         return slots
@@ -341,8 +355,9 @@ class NormMLP(LearnedOptimizer):
                else [None] * len(p_leaves))
         steps = [self.tensor_step(theta, x, p, s, h, orthogonalize=r != "input", noise=n)
                  for x, p, s, r, n in zip(leaves, p_leaves, scales, roles, rms)]
-        if cfg.hypergrad > 0:
-            pairs = [hypergrad_scale(x, st, prev, ell, cfg.hypergrad, cfg.hypergrad_bound)
+        if cfg.uses_hypergrad:
+            pairs = [hypergrad_scale(x, st, prev, ell, cfg.hypergrad, cfg.hypergrad_bound,
+                                     cfg.hypergrad_vectors)
                      for x, st, prev, ell in zip(leaves, steps, jax.tree.leaves(state.prev_step),
                                                  jax.tree.leaves(state.log_scale))]
             steps = [st for st, _ in pairs]

@@ -18,6 +18,7 @@ length (0 = unknown), ``lr`` the group's learning rate (default: the config's ``
            + lr * weight_decay * p                              (ndim >= 2)
     ell <- clip(ell + beta cos(x_g, last step), -B, B); step <- exp(ell) step
                             (hypergrad beta > 0, B = hypergrad_bound; ndim >= 2; ell starts at 0)
+    ell <- clip(ell + beta_v cos(x_g, last step), -B, 0)    (vectors: beta_v = hypergrad_vectors)
 
 with ``s_mup = q^mup_power``, ``q = mup_base_fan_in / prod(shape[:-1])`` (``max(q, q^mup_power)`` with
 ``mup_power_wide_only``) for ndim >= 2 (1 otherwise; 1
@@ -87,7 +88,7 @@ class NormMLPRule(Rule):
         state = {"step": 0,
                  "momenta": torch.zeros(p.shape + (k,), dtype=F32, device=p.device),
                  "v": torch.zeros(p.shape, dtype=F32, device=p.device)}
-        if self.config.hypergrad > 0:
+        if self.config.uses_hypergrad:
             state.update(log_scale=torch.zeros((), dtype=F32, device=p.device),
                          prev_step=torch.zeros(p.shape, dtype=F32, device=p.device))
         return state
@@ -139,12 +140,13 @@ class NormMLPRule(Rule):
         step = ((slot.lr * scale) * horizon) * mag * live * u
         if cfg.weight_decay and p.dim() >= 2:
             step = step + slot.lr * cfg.weight_decay * p
-        if cfg.hypergrad > 0 and p.dim() >= 2:
+        beta, hi = ((cfg.hypergrad, cfg.hypergrad_bound) if p.dim() >= 2
+                    else (cfg.hypergrad_vectors, 0.0))
+        if beta > 0 and p.numel() > 0:
             g0, prev = x[..., 0], st["prev_step"]
             cos = torch.sum(g0 * prev) * torch.rsqrt(torch.clamp(
                 torch.sum(g0.square()) * torch.sum(prev.square()), min=1e-30))
-            ell = torch.clamp(st["log_scale"] + cfg.hypergrad * cos, -cfg.hypergrad_bound,
-                              cfg.hypergrad_bound)
+            ell = torch.clamp(st["log_scale"] + beta * cos, -cfg.hypergrad_bound, hi)
             step = step * torch.exp(ell)
             st.update(log_scale=ell, prev_step=step.detach().clone())
         return step
