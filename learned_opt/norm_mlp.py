@@ -149,6 +149,7 @@ class NormMLPConfig(LOptConfig):
     hypergrad: float = 0.0            # beta > 0: matrices' steps times exp(ell), ell += beta cos(g, last step)
     hypergrad_bound: float = 3.0      # |ell| <= this
     hypergrad_vectors: float = 0.0    # beta for vectors (ndim < 2), whose ell only shrinks: in [-B, 0]
+    hypergrad_grow_only: bool = False  # matrices' ell only grows: in [0, B]
     output_init_scale: float = 0.1
     norm_eps: float = 1e-5
     dmd_window: int = 0
@@ -184,6 +185,7 @@ class NormMLPConfig(LOptConfig):
         yield "horizon_power", is_real(self.horizon_power) and self.horizon_power >= 0, ">= 0"
         yield "hypergrad", is_real(self.hypergrad) and self.hypergrad >= 0, ">= 0 (0 = off)"
         yield "hypergrad_bound", is_real(self.hypergrad_bound) and self.hypergrad_bound >= 0, ">= 0"
+        yield "hypergrad_grow_only", isinstance(self.hypergrad_grow_only, bool), "true or false"
         yield "hypergrad_vectors", is_real(self.hypergrad_vectors) and self.hypergrad_vectors >= 0, \
             ">= 0 (0 = off)"
         yield "max_log_scale", is_real(self.max_log_scale) and self.max_log_scale >= 0, ">= 0"
@@ -242,19 +244,23 @@ def horizon_factor(num_steps: Array, trained_horizon: int, power: float) -> Arra
 
 
 def hypergrad_scale(x: Array, step: Array, prev: Array, ell: Array, beta: float,
-                    bound: float, vector_beta: float = 0.0) -> tuple[Array, Array]:
-    """``(step * exp(ell'), ell')`` with ``ell' = clip(ell + beta * cos(g, prev), -bound, bound)``
-    for a tensor with ndim >= 2 (``g`` = ``x``'s gradient channel, ``prev`` its last step). For
-    vectors and scalars ``ell' = clip(ell + vector_beta * cos(g, prev), -bound, 0)`` (shrink
-    only); ``(step, ell)`` unchanged when the tensor's beta is 0 or it is empty. ``cos`` is 0
-    while either is all zeros."""
-    b, hi = (beta, bound) if jnp.ndim(step) >= 2 else (vector_beta, 0.0)
+                    bound: float, vector_beta: float = 0.0,
+                    grow_only: bool = False) -> tuple[Array, Array]:
+    """``(step * exp(ell'), ell')`` with ``ell' = clip(ell + beta * cos(g, prev), lo, bound)``
+    for a tensor with ndim >= 2 (``g`` = ``x``'s gradient channel, ``prev`` its last step; ``lo``
+    = ``-bound``, or 0 with ``grow_only``). For vectors and scalars ``ell' = clip(ell +
+    vector_beta * cos(g, prev), -bound, 0)`` (shrink only); ``(step, ell)`` unchanged when the
+    tensor's beta is 0 or it is empty. ``cos`` is 0 while either is all zeros."""
+    if jnp.ndim(step) >= 2:
+        b, lo, hi = beta, (0.0 if grow_only else -bound), bound
+    else:
+        b, lo, hi = vector_beta, -bound, 0.0
     if b <= 0 or x.size == 0:
         return step, ell
     g = x[..., 0]
     dot = jnp.sum(g * prev)
     cos = dot * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(g)) * jnp.sum(jnp.square(prev)), 1e-30))
-    ell = jnp.clip(ell + b * cos, -bound, hi)
+    ell = jnp.clip(ell + b * cos, lo, hi)
     return step * jnp.exp(ell), ell
 
 
@@ -357,7 +363,7 @@ class NormMLP(LearnedOptimizer):
                  for x, p, s, r, n in zip(leaves, p_leaves, scales, roles, rms)]
         if cfg.uses_hypergrad:
             pairs = [hypergrad_scale(x, st, prev, ell, cfg.hypergrad, cfg.hypergrad_bound,
-                                     cfg.hypergrad_vectors)
+                                     cfg.hypergrad_vectors, cfg.hypergrad_grow_only)
                      for x, st, prev, ell in zip(leaves, steps, jax.tree.leaves(state.prev_step),
                                                  jax.tree.leaves(state.log_scale))]
             steps = [st for st, _ in pairs]

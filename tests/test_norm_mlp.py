@@ -296,6 +296,7 @@ def test_config_errors():
     for bad in ({"beta1": 1.0}, {"lr": -1.0}, {"mup": "yes"}, {"weight_decay": float("nan")},
                 {"trained_horizon": 2.5}, {"horizon_power": -1.0}, {"hypergrad": -0.1},
                 {"hypergrad_bound": float("nan")}, {"hypergrad_vectors": -0.5},
+                {"hypergrad_grow_only": 1},
                 {"mup_power_wide_only": True},                          # mup_power 1: changes nothing
                 {"mup_power_wide_only": True, "mup_power": 0.5, "mup": False}):
         with pytest.raises(learned_opt.LearnedOptError, match=list(bad)[0]):
@@ -371,15 +372,19 @@ def test_noise_input_adapts_a_trained_rule_to_the_same_steps_and_learns_from_r(t
         NormMLPConfig(noise_input=True, adam_scale=True)
 
 
-@pytest.mark.parametrize("beta, bound", [(0.1, 3.0), (100.0, 0.5)])
-def test_hypergrad_scales_matrix_steps_by_the_cosine_of_gradient_and_last_step(beta, bound):
+@pytest.mark.parametrize("beta, bound, grow_only, sign", [
+    (0.1, 3.0, False, 1.0), (100.0, 0.5, False, 1.0), (0.1, 3.0, False, -1.0),
+    (0.1, 3.0, True, 1.0), (0.1, 3.0, True, -1.0)])
+def test_hypergrad_scales_matrix_steps_by_the_cosine_of_gradient_and_last_step(beta, bound, grow_only, sign):
     """``hypergrad`` beta: no new meta-parameters; a matrix's step is the plain rule's times
-    ``exp(ell)``, ``ell <- clip(ell + beta cos(g_t, step_{t-1}), -bound, bound)`` from 0 (so the
-    first step is the plain one: there is no last step yet); vectors and scalars are unchanged.
-    Oracle: the plain rule's steps (hypergrad 0) and the cosine in numpy."""
+    ``exp(ell)``, ``ell <- clip(ell + beta cos(g_t, step_{t-1}), lo, bound)`` from 0 (so the
+    first step is the plain one: there is no last step yet), ``lo = -bound``, or 0 with
+    ``hypergrad_grow_only``; vectors and scalars are unchanged. The second gradient is ``G2``
+    or ``-G2``, so the cosine takes both signs. Oracle: the plain rule's steps (hypergrad 0) and
+    the cosine in numpy."""
     base = NormMLP(NormMLPConfig(lr=0.01, output_init_scale=1.0))
     hyper = NormMLP(NormMLPConfig(lr=0.01, output_init_scale=1.0, hypergrad=beta,
-                                  hypergrad_bound=bound))
+                                  hypergrad_bound=bound, hypergrad_grow_only=grow_only))
     theta = jax.device_get(base.init(jax.random.PRNGKey(3)))
     assert jax.tree.map(jnp.shape, hyper.init(jax.random.PRNGKey(3))) == jax.tree.map(jnp.shape, theta)
     s_b, s_h = base.opt_init(theta, P, 8), hyper.opt_init(theta, P, 8)
@@ -390,12 +395,13 @@ def test_hypergrad_scales_matrix_steps_by_the_cosine_of_gradient_and_last_step(b
     for k in P:
         np.testing.assert_allclose(p_h[k], p_b[k], rtol=1e-6, atol=1e-9)
         assert float(s_h.log_scale[k]) == 0.0
-    q_b, _ = base.opt_update(theta, s_b, G2, P, 0.0, KEY)
-    q_h, s_h = hyper.opt_update(theta, s_h, G2, P, 0.0, KEY)
-    g2 = np.asarray(G2["w"], np.float64)
+    grads2 = {k: sign * np.asarray(v) for k, v in G2.items()}
+    q_b, _ = base.opt_update(theta, s_b, grads2, P, 0.0, KEY)
+    q_h, s_h = hyper.opt_update(theta, s_h, grads2, P, 0.0, KEY)
+    g2 = np.asarray(grads2["w"], np.float64)
     cos = np.sum(g2 * step1["w"]) / np.sqrt(np.sum(g2 ** 2) * np.sum(step1["w"] ** 2))
-    ell = np.clip(beta * cos, -bound, bound)
-    assert abs(cos) > 0.05
+    ell = np.clip(beta * cos, 0.0 if grow_only else -bound, bound)
+    assert sign * cos > 0.05
     np.testing.assert_allclose(float(s_h.log_scale["w"]), ell, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.asarray(P["w"]) - q_h["w"], np.exp(ell) * (np.asarray(P["w"]) - q_b["w"]),
                                rtol=1e-5, atol=1e-8)

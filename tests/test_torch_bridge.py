@@ -114,6 +114,9 @@ CASES = {
     "norm_mlp hypergrad, N=100": (lambda: fresh("norm_mlp", {
         "hypergrad": 0.2, "hypergrad_bound": 1.0, "hypergrad_vectors": 0.5, "orthogonalize": True,
         "weight_decay": 0.1, "output_init_scale": 1.0}), 100),
+    "norm_mlp hypergrad grow_only, N=100": (lambda: fresh("norm_mlp", {
+        "hypergrad": 0.2, "hypergrad_grow_only": True, "hypergrad_vectors": 0.5, "orthogonalize": True,
+        "output_init_scale": 1.0}), 100),
     "adafactor_mlp fresh": (lambda: fresh("adafactor_mlp", {
         "momentum_decays": [0.5, 0.9], "adafactor_decays": [0.8, 0.99], "rms_decay": 0.99,
         "output_init_scale": 1.0, "step_mult": 0.01}), None),

@@ -17,7 +17,8 @@ length (0 = unknown), ``lr`` the group's learning rate (default: the config's ``
     step = lr * h_N * c_t * s_mup * exp(max_log_scale * tanh(mean(m))) * u * [x_g != 0 somewhere]
            + lr * weight_decay * p                              (ndim >= 2)
     ell <- clip(ell + beta cos(x_g, last step), -B, B); step <- exp(ell) step
-                            (hypergrad beta > 0, B = hypergrad_bound; ndim >= 2; ell starts at 0)
+                            (hypergrad beta > 0, B = hypergrad_bound; ndim >= 2; ell starts at 0;
+                             ell in [0, B] with hypergrad_grow_only)
     ell <- clip(ell + beta_v cos(x_g, last step), -B, 0)    (vectors: beta_v = hypergrad_vectors)
 
 with ``s_mup = q^mup_power``, ``q = mup_base_fan_in / prod(shape[:-1])`` (``max(q, q^mup_power)`` with
@@ -140,13 +141,14 @@ class NormMLPRule(Rule):
         step = ((slot.lr * scale) * horizon) * mag * live * u
         if cfg.weight_decay and p.dim() >= 2:
             step = step + slot.lr * cfg.weight_decay * p
-        beta, hi = ((cfg.hypergrad, cfg.hypergrad_bound) if p.dim() >= 2
-                    else (cfg.hypergrad_vectors, 0.0))
+        beta, lo, hi = ((cfg.hypergrad, 0.0 if cfg.hypergrad_grow_only else -cfg.hypergrad_bound,
+                         cfg.hypergrad_bound) if p.dim() >= 2
+                        else (cfg.hypergrad_vectors, -cfg.hypergrad_bound, 0.0))
         if beta > 0 and p.numel() > 0:
             g0, prev = x[..., 0], st["prev_step"]
             cos = torch.sum(g0 * prev) * torch.rsqrt(torch.clamp(
                 torch.sum(g0.square()) * torch.sum(prev.square()), min=1e-30))
-            ell = torch.clamp(st["log_scale"] + beta * cos, -cfg.hypergrad_bound, hi)
+            ell = torch.clamp(st["log_scale"] + beta * cos, lo, hi)
             step = step * torch.exp(ell)
             st.update(log_scale=ell, prev_step=step.detach().clone())
         return step
