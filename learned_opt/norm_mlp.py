@@ -197,6 +197,15 @@ class NormMLPConfig(LOptConfig):
         """Per-parameter channels: g, p, the 1 + len(decays) momenta, sqrt(v), a."""
         return 5 + len(self.decays)
 
+    def hypergrad_limits(self, ndim: int) -> tuple[float, float, float]:
+        """``(beta, lo, hi)`` of the online step size of a tensor with ``ndim`` dimensions:
+        matrices ``(hypergrad, -B or 0 with hypergrad_grow_only, B)``, vectors and scalars
+        ``(hypergrad_vectors, -B, 0)`` (shrink only)."""
+        B = self.hypergrad_bound
+        if ndim >= 2:
+            return self.hypergrad, (0.0 if self.hypergrad_grow_only else -B), B
+        return self.hypergrad_vectors, -B, 0.0
+
     @property
     def uses_hypergrad(self) -> bool:
         """Whether the state carries ``log_scale`` and ``prev_step``."""
@@ -243,18 +252,13 @@ def horizon_factor(num_steps: Array, trained_horizon: int, power: float) -> Arra
     return jnp.where(longer, (trained_horizon / jnp.maximum(n, 1.0)) ** power, 1.0).astype(jnp.float32)
 
 
-def hypergrad_scale(x: Array, step: Array, prev: Array, ell: Array, beta: float,
-                    bound: float, vector_beta: float = 0.0,
-                    grow_only: bool = False) -> tuple[Array, Array]:
-    """``(step * exp(ell'), ell')`` with ``ell' = clip(ell + beta * cos(g, prev), lo, bound)``
-    for a tensor with ndim >= 2 (``g`` = ``x``'s gradient channel, ``prev`` its last step; ``lo``
-    = ``-bound``, or 0 with ``grow_only``). For vectors and scalars ``ell' = clip(ell +
-    vector_beta * cos(g, prev), -bound, 0)`` (shrink only); ``(step, ell)`` unchanged when the
-    tensor's beta is 0 or it is empty. ``cos`` is 0 while either is all zeros."""
-    if jnp.ndim(step) >= 2:
-        b, lo, hi = beta, (0.0 if grow_only else -bound), bound
-    else:
-        b, lo, hi = vector_beta, -bound, 0.0
+def hypergrad_scale(x: Array, step: Array, prev: Array, ell: Array,
+                    limits: tuple[float, float, float]) -> tuple[Array, Array]:
+    """``(step * exp(ell'), ell')`` with ``ell' = clip(ell + beta * cos(g, prev), lo, hi)`` (``g`` =
+    ``x``'s gradient channel, ``prev`` the tensor's last step, ``(beta, lo, hi)`` = ``limits``, from
+    ``NormMLPConfig.hypergrad_limits``); ``(step, ell)`` unchanged when beta is 0 or the tensor is
+    empty. ``cos`` is 0 while either is all zeros."""
+    b, lo, hi = limits
     if b <= 0 or x.size == 0:
         return step, ell
     g = x[..., 0]
@@ -362,8 +366,7 @@ class NormMLP(LearnedOptimizer):
         steps = [self.tensor_step(theta, x, p, s, h, orthogonalize=r != "input", noise=n)
                  for x, p, s, r, n in zip(leaves, p_leaves, scales, roles, rms)]
         if cfg.uses_hypergrad:
-            pairs = [hypergrad_scale(x, st, prev, ell, cfg.hypergrad, cfg.hypergrad_bound,
-                                     cfg.hypergrad_vectors, cfg.hypergrad_grow_only)
+            pairs = [hypergrad_scale(x, st, prev, ell, cfg.hypergrad_limits(jnp.ndim(st)))
                      for x, st, prev, ell in zip(leaves, steps, jax.tree.leaves(state.prev_step),
                                                  jax.tree.leaves(state.log_scale))]
             steps = [st for st, _ in pairs]

@@ -141,9 +141,7 @@ class NormMLPRule(Rule):
         step = ((slot.lr * scale) * horizon) * mag * live * u
         if cfg.weight_decay and p.dim() >= 2:
             step = step + slot.lr * cfg.weight_decay * p
-        beta, lo, hi = ((cfg.hypergrad, 0.0 if cfg.hypergrad_grow_only else -cfg.hypergrad_bound,
-                         cfg.hypergrad_bound) if p.dim() >= 2
-                        else (cfg.hypergrad_vectors, -cfg.hypergrad_bound, 0.0))
+        beta, lo, hi = cfg.hypergrad_limits(p.dim())
         if beta > 0 and p.numel() > 0:
             g0, prev = x[..., 0], st["prev_step"]
             cos = torch.sum(g0 * prev) * torch.rsqrt(torch.clamp(
