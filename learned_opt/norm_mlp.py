@@ -18,7 +18,8 @@ updated with the current g first:
     u    = D * rsqrt(1e-12 + mean_tensor(D^2))                  normalised output, RMS 1
                                                 (u = D with ``normalize_output=False``)
     u   <- r * u                                (``adam_scale``: the RMS of Adam's own step)
-    u   <- r^k * u                              (k = ``noise_power`` > 0: r not a network input)
+    u   <- r^k * u                              (k = ``noise_power`` > 0: r not a network input;
+                                                 vectors: k_v = ``noise_power_vectors`` if > 0)
     c_t  = f + (1 - f) (1 + cos(pi tau_0)) / 2 if N > 0 else 1  (f = ``cosine_floor``; 1 = off)
     h_N  = (H / N)^q if 0 < H < N else 1        (H = ``trained_horizon``, q = ``horizon_power``)
     step = lr * h_N * c_t * s_mup * exp(max_log_scale * tanh(mean_tensor(m))) * u * live
@@ -77,7 +78,12 @@ per-tensor input; with a zero network and no orthogonalisation the rule is then 
 (``lr * s_mup * a``). ``noise_power`` k > 0 keeps part of that annealing without an input
 (so without new meta-parameters: a trained rule can be fine-tuned with it, ``init_from``): the
 step is multiplied by ``r^k`` (k = 1/2: a step about 0.48x as large once noise dominates); the
-state then carries each tensor's ``r`` from ``features`` to ``apply``. Untrained (output layer ``output_init_scale``) the
+state then carries each tensor's ``r`` from ``features`` to ``apply``. ``noise_power_vectors``
+k_v > 0 gives vectors and scalars (biases, gains, a quadratic's parameters) their own power and
+leaves matrices at ``noise_power`` (0 by default): applied to every tensor, k = 1/2 fixed the
+noisy quadratics but cost the MLPs and the autoencoder, whose normalised (and orthogonalised)
+matrix steps pay under noise, while a vector's normalised step under noise is Adam's direction
+at a constant RMS, the noise floor that Adam's own shrinking step avoids. Untrained (output layer ``output_init_scale``) the
 rule is close to Adam with per-tensor normalised, muP-scaled steps. With ``dmd_window > 0`` the
 DMD channels are appended after tau (and r). ``noise_input`` gives the network ``r`` as an input
 without scaling the step by it: the per-tensor normalisation hides how noisy a tensor's gradient
@@ -116,7 +122,7 @@ class NormMLPState(NamedTuple):
     iteration: Array
     num_steps: Array
     dmd: DMDState | None = None
-    adam_rms: PyTree | None = None   # per tensor r (scalars), ``noise_power > 0`` only
+    adam_rms: PyTree | None = None   # per tensor r (scalars), ``uses_noise_power`` only
     log_scale: PyTree | None = None  # per tensor ell (scalars), ``uses_hypergrad`` only
     prev_step: PyTree | None = None  # per tensor its last step, ``uses_hypergrad`` only
 
@@ -142,6 +148,7 @@ class NormMLPConfig(LOptConfig):
     adam_scale: bool = False          # step RMS = RMS of Adam's direction (see the docstring)
     noise_input: bool = False         # the network sees r (per tensor) without the step being scaled by it
     noise_power: float = 0.0          # > 0: step times r^noise_power (r not a network input)
+    noise_power_vectors: float = 0.0  # > 0: vectors' and scalars' power instead (matrices keep noise_power)
     cosine_floor: float = 1.0         # < 1: cosine decay of the step to this fraction over a known run
     trained_horizon: int = 0          # > 0: steps of known runs longer than this shrink by (H/N)^q;
                                       # set it to meta-training's max_episode_length
@@ -179,6 +186,9 @@ class NormMLPConfig(LOptConfig):
             self.noise_input and self.adam_scale), "true or false, and false with adam_scale (which has r as an input)"
         yield "noise_power", is_real(self.noise_power) and self.noise_power >= 0 and not (
             self.noise_power > 0 and self.adam_scale), ">= 0, and 0 with adam_scale (which uses r^1)"
+        yield "noise_power_vectors", is_real(self.noise_power_vectors) and self.noise_power_vectors >= 0 \
+            and not (self.noise_power_vectors > 0 and self.adam_scale), \
+            ">= 0, and 0 with adam_scale (which uses r^1)"
         yield "cosine_floor", is_real(self.cosine_floor) and 0 <= self.cosine_floor <= 1, "in [0, 1]"
         yield "trained_horizon", isinstance(self.trained_horizon, int) and not isinstance(
             self.trained_horizon, bool) and self.trained_horizon >= 0, "an int >= 0 (0 = off)"
@@ -205,6 +215,19 @@ class NormMLPConfig(LOptConfig):
         if ndim >= 2:
             return self.hypergrad, (0.0 if self.hypergrad_grow_only else -B), B
         return self.hypergrad_vectors, -B, 0.0
+
+    def noise_exponent(self, ndim: int) -> float:
+        """k of the step's ``r^k`` for a tensor with ``ndim`` dimensions: ``noise_power`` for
+        matrices; for vectors and scalars ``noise_power_vectors`` when it is > 0, else
+        ``noise_power``."""
+        if ndim < 2 and self.noise_power_vectors > 0:
+            return self.noise_power_vectors
+        return self.noise_power
+
+    @property
+    def uses_noise_power(self) -> bool:
+        """Whether the state carries each tensor's ``r`` (``adam_rms``)."""
+        return bool(self.noise_power > 0 or self.noise_power_vectors > 0)
 
     @property
     def uses_hypergrad(self) -> bool:
@@ -322,7 +345,7 @@ class NormMLP(LearnedOptimizer):
         k = len(self._decays)
         slots = {"momenta": jax.tree.map(lambda p: F.init_accumulators(p, k), params),
                  "v": jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)}
-        if self.config.noise_power > 0:
+        if self.config.uses_noise_power:
             slots["adam_rms"] = jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params)
         if self.config.uses_hypergrad:
             slots["log_scale"] = jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params)
@@ -350,7 +373,7 @@ class NormMLP(LearnedOptimizer):
         out = jax.tree.map(one, state.momenta, state.v, grads, params)
         inputs, momenta, v, r = F.unzip(params, out, 4)
         return inputs, self.advance(state, momenta=momenta, v=v,
-                                    adam_rms=r if cfg.noise_power > 0 else None)
+                                    adam_rms=r if cfg.uses_noise_power else None)
 
     def apply(self, theta, state, inputs, params):
         cfg = self.config
@@ -361,7 +384,7 @@ class NormMLP(LearnedOptimizer):
                                   cfg.mup_power_wide_only) if cfg.mup
                   else [1.0] * len(p_leaves))
         h = horizon_factor(state.num_steps, cfg.trained_horizon, cfg.horizon_power)
-        rms = (jax.tree.leaves(state.adam_rms) if cfg.noise_power > 0
+        rms = (jax.tree.leaves(state.adam_rms) if cfg.uses_noise_power
                else [None] * len(p_leaves))
         steps = [self.tensor_step(theta, x, p, s, h, orthogonalize=r != "input", noise=n)
                  for x, p, s, r, n in zip(leaves, p_leaves, scales, roles, rms)]
@@ -391,7 +414,7 @@ class NormMLP(LearnedOptimizer):
         """The step of one tensor (subtracted from p), see the module docstring; ``scale`` is
         ``s_mup``, ``horizon`` is ``h_N`` (a run no longer than H multiplies by exactly 1);
         ``orthogonalize=False`` (input weights) skips Newton-Schulz whatever the config says;
-        ``noise`` is the tensor's ``r`` (used with ``noise_power > 0``)."""
+        ``noise`` is the tensor's ``r`` (used with ``noise_power`` or ``noise_power_vectors``)."""
         cfg = self.config
         if x.size == 0:
             return jnp.zeros(jnp.shape(p), jnp.float32)
@@ -404,8 +427,9 @@ class NormMLP(LearnedOptimizer):
         u = D * jax.lax.rsqrt(1e-12 + jnp.mean(jnp.square(D))) if cfg.normalize_output else D
         if cfg.adam_scale:
             u = u * x.reshape(-1, x.shape[-1])[0, self.constant_channels()[1] - 1]   # r
-        if cfg.noise_power > 0:
-            u = u * jnp.power(jnp.maximum(noise, 1e-12), cfg.noise_power)   # finite gradient at r = 0
+        k = cfg.noise_exponent(jnp.ndim(p))
+        if k > 0:
+            u = u * jnp.power(jnp.maximum(noise, 1e-12), k)   # finite gradient at r = 0
         live = (jnp.sum(jnp.square(x[..., 0])) > 0).astype(jnp.float32)
         mag = jnp.exp(cfg.max_log_scale * jnp.tanh(jnp.mean(m)))
         if cfg.cosine_floor < 1.0:

@@ -1,5 +1,6 @@
 """The normalised per-parameter MLP ("norm_mlp") and its muP / Newton-Schulz helpers against their
 formulas (numpy, float64). The shared contract is tests/test_architectures.py."""
+import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +39,8 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     D = cfg.nominal * x[..., -1] + d
     u = D / np.sqrt(1e-12 + np.mean(D ** 2)) if cfg.normalize_output else D
     u = u * r if cfg.adam_scale else u
-    u = u * r ** cfg.noise_power   # noise_power: r^k, r not an input (k = 0: unchanged)
+    k = cfg.noise_power_vectors if (np.ndim(p) < 2 and cfg.noise_power_vectors > 0) else cfg.noise_power
+    u = u * r ** k   # noise_power (vectors: noise_power_vectors if set): r^k, r not an input
     mag = np.exp(cfg.max_log_scale * np.tanh(np.mean(mm)))
     if n > 0:   # the built-in cosine over the run (1 with cosine_floor = 1)
         mag *= cfg.cosine_floor + (1 - cfg.cosine_floor) * 0.5 * (1 + np.cos(np.pi * min(t / n, 1.0)))
@@ -336,6 +338,36 @@ def test_noise_power_shrinks_the_step_by_adams_rms_without_new_meta_parameters()
                                    rtol=1e-4, atol=1e-8)
     with pytest.raises(learned_opt.LearnedOptError, match="noise_power"):
         NormMLPConfig(noise_power=0.5, adam_scale=True)
+
+
+@pytest.mark.parametrize("k, k_v", [(0.0, 0.5), (0.25, 0.75)])
+def test_noise_power_vectors_takes_its_own_power_on_vectors_and_scalars_only(k, k_v):
+    """``noise_power_vectors`` k_v: vectors and scalars take r^k_v, matrices keep ``noise_power``
+    (none with k = 0); the formula in numpy, and the state carries r as soon as either is set."""
+    cfg = NormMLPConfig(output_init_scale=1.0, lr=0.01, cosine_floor=0.1, noise_power=k,
+                        noise_power_vectors=k_v)
+    assert [cfg.noise_exponent(nd) for nd in (0, 1, 2, 4)] == [k_v, k_v, k, k]
+    lopt = NormMLP(cfg)
+    theta = jax.device_get(lopt.init(jax.random.PRNGKey(5)))
+    state = lopt.opt_init(theta, P, 8)
+    assert state.adam_rms is not None
+    _, state = lopt.opt_update(theta, state, G1, P, 0.0, KEY)
+    new_p, state = lopt.opt_update(theta, state, G2, P, 0.0, KEY)
+    scales = dict(zip(sorted(P), mup.step_scales({n: P[n] for n in sorted(P)}, 32.0)))
+    for n in P:
+        want = P[n] - np_norm_mlp_step(theta, [G1[n], G2[n]], P[n], 1, 8, cfg, scales[n])
+        np.testing.assert_allclose(new_p[n], want, rtol=2e-4, atol=1e-6)
+    plain = NormMLP(dataclasses.replace(cfg, noise_power=0.0, noise_power_vectors=0.0))
+    s0 = plain.opt_init(theta, P, 8)
+    _, s0 = plain.opt_update(theta, s0, G1, P, 0.0, KEY)
+    p0, _ = plain.opt_update(theta, s0, G2, P, 0.0, KEY)
+    if k == 0:   # matrices untouched
+        np.testing.assert_allclose(new_p["w"], p0["w"], rtol=1e-6, atol=1e-8)
+    assert not np.allclose(new_p["b"], p0["b"])   # the vector's step shrank
+    with pytest.raises(learned_opt.LearnedOptError, match="noise_power_vectors"):
+        NormMLPConfig(noise_power_vectors=0.5, adam_scale=True)
+    with pytest.raises(learned_opt.LearnedOptError, match="noise_power_vectors"):
+        NormMLPConfig(noise_power_vectors=-1.0)
 
 
 def test_noise_input_adapts_a_trained_rule_to_the_same_steps_and_learns_from_r(tmp_path):

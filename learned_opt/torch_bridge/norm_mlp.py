@@ -126,8 +126,9 @@ class NormMLPRule(Rule):
         u = D * torch.rsqrt(1e-12 + torch.mean(D.square())) if cfg.normalize_output else D
         if cfg.adam_scale:
             u = u * r
-        if cfg.noise_power > 0:
-            u = u * torch.pow(torch.clamp(r, min=1e-12), cfg.noise_power)
+        k = cfg.noise_exponent(p.dim())
+        if k > 0:
+            u = u * torch.pow(torch.clamp(r, min=1e-12), k)
         live = (torch.sum(x[..., 0].square()) > 0).to(F32)
         mag = torch.exp(cfg.max_log_scale * torch.tanh(torch.mean(mm)))
         if cfg.cosine_floor < 1.0 and float(tau[1]) > 0:
