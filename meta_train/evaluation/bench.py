@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import time
 
 import jax
@@ -172,6 +173,18 @@ def guard_table(records: list[dict], entries_labels: list[str]) -> list[dict]:
     return out
 
 
+def keep_existing_plots(text: str, folder: str) -> str:
+    """``text`` with each image link ``![alt](file)`` whose file is not in ``folder`` replaced by a
+    note: a suite reused from another output folder (two benches merged into one) leaves its
+    plots behind, and a leaderboard must not link plots it does not have."""
+    def one(m):
+        target = m.group(2)
+        if re.match(r"[a-z][a-z0-9+.-]*:", target) or os.path.exists(os.path.join(folder, target)):
+            return m.group(0)
+        return f"*({m.group(1)}: plot `{target}` not in this folder)*"
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", one, text)
+
+
 def bench_suites(suite_names=None, held_out: bool = False) -> list:
     """The named suites (default: all); with ``held_out`` their tasks, initialisations and batches
     come from ``tasks.suites.HELDOUT_SEED`` instead: the same kinds of problem, none of the
@@ -244,7 +257,8 @@ def run_bench(optimizers=None, suite_names=None, out_dir: str = "runs/bench", fu
     costs = rp.step_costs(suites[0], entries, guard=cfg["guards"])
     guards = guard_table(records, [e.label for e in entries])
     wall = time.time() - t0
-    text = render(records, board, guards, costs, cfg, full, wall, command, paths, reps)
+    text = keep_existing_plots(render(records, board, guards, costs, cfg, full, wall, command, paths, reps),
+                               out_dir)
     atomic_write_text(os.path.join(out_dir, "leaderboard.md"), text)
     data = {"optimizers": [e.label for e in entries], "checkpoints": names, "settings": cfg | {"full": full},
             "leaderboard": [{"optimizer": r["optimizer"], "guard": r["guard"], "num_suites": r["num_suites"],
