@@ -64,8 +64,8 @@ def step_scale(shape: Sequence[int], base_fan_in: float, role: str | None = None
     if role is not None and role not in ROLES:
         raise LearnedOptError(f"muP role must be one of {ROLES}, got {role!r}")
     role = role or shape_role(shape)
-    if role in ("vector", "input") or len(shape) < 2:
-        return 1.0
+    if role in ("vector", "input") or len(shape) < 2 or fan_in(shape) == 0:
+        return 1.0   # (a tensor without elements: nothing to scale)
     q = float(base_fan_in) / fan_in(shape)
     return max(q, q ** float(power)) if wide_only else q ** float(power)
 

@@ -406,6 +406,24 @@ def test_an_empty_parameter_tree_just_counts_the_step(arch):
     assert p == {} and int(s.iteration) == 1
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_tensor_without_elements_among_others_does_not_move_or_break_the_rest(arch):
+    """A zero-size matrix (fan-in 0: a layer over an empty input) in the tree: its step is empty,
+    the other tensors take the steps they take without it."""
+    lopt = visible(arch, **({"mup": True, "orthogonalize": True} if arch == "norm_mlp" else {}))
+    theta = lopt.init(KEY)
+    P = {"w": jnp.full((3, 4), 0.5), "b": jnp.zeros(4)}
+    G = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.linspace(0.5, 1.0, 4)}
+    empty = {"e": jnp.zeros((0, 4))}
+    got, _ = jax.jit(lopt.opt_update)(theta, lopt.opt_init(theta, {**P, **empty}), {**G, **empty},
+                                      {**P, **empty}, jnp.float32(1.0), KEY)
+    want, _ = jax.jit(lopt.opt_update)(theta, lopt.opt_init(theta, P), G, P, jnp.float32(1.0), KEY)
+    assert got["e"].shape == (0, 4)
+    for k in P:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
+        assert not np.allclose(got[k], P[k])
+
+
 # ----------------------------------------------------------------------------- meta-training
 @pytest.mark.parametrize("arch", [a for a in ARCHS if CASES[a].meta_training])
 def test_meta_training_lowers_quadratic_meta_loss(arch):
