@@ -159,6 +159,9 @@ _NAMED = [
           "4 noisy quadratic models (sampled conditioning and noise), 400 steps"),
     Suite("mnist1d_mlp_wide", "ood_architecture", "mnist1d_mlp", {"hidden_sizes": [512, 512]}, 4, 400,
           "width transfer: 4 MLPs (512, 512) on MNIST-1D (16x the (32, 32) default family), 400 steps"),
+    Suite("mnist1d_mlp_4096", "ood_architecture", "mnist1d_mlp", {"hidden_sizes": [4096]}, 4, 400,
+          "width transfer: 4 one-hidden-layer MLPs (4096) on MNIST-1D (16x the widest layer the "
+          "general optimizer was meta-trained on, 256), 400 steps"),
     Suite("mnist1d_mlp_horizon", "long_horizon", "mnist1d_mlp", {}, 2, 20000,
           "horizon transfer: 2 tasks of the default family for 20,000 steps (10x the general "
           "optimizer's longest meta-training episode, 50x the default's)"),
