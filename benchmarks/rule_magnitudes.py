@@ -48,12 +48,12 @@ def main(argv=None) -> int:
     traced = [0]
 
     class Probed(NormMLP):
-        def tensor_step(self, theta, x, p, scale, horizon=1.0, orthogonalize=True):
+        def tensor_step(self, theta, x, *args, **kwargs):
             # traced once per tensor, in leaf order: the trace-order index names the tensor
             index, traced[0] = traced[0], traced[0] + 1
             _, m = self.network(theta, x)
             jax.debug.callback(lambda v: seen[index].append(float(v)), jnp.tanh(jnp.mean(m)))
-            return super().tensor_step(theta, x, p, scale, horizon, orthogonalize)
+            return super().tensor_step(theta, x, *args, **kwargs)   # whatever else it takes
 
     probed = loaded._replace(lopt=Probed(loaded.lopt.config))
     print(f"{args.checkpoint}: tanh(mean(m)) per tensor, mean over each quarter of the run "
