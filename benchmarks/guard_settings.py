@@ -12,7 +12,9 @@ every rule; what differs is how much speed the guard takes away on the way.
 Rules: ``reset`` re-initialises the learned state at every switch and checks every 50 steps at 5%
 (the guard before 2026-12-01); ``keep`` keeps the learned state (its schedule position) across a
 switch; ``keep+mid0.2`` / ``keep+mid0.5`` also allow 20% / 50% at the checks before the last
-(``keep+mid0.5`` is the default); ``final`` checks only the last step (and non-finite steps).
+(``keep+mid0.5`` is the default); ``final`` checks only the last step (and non-finite steps);
+``+defer`` leaves the last step's check to ``final_choice`` on the final training loss
+(``defer_last_check``) instead of the last guard batch.
 
     python benchmarks/guard_settings.py general --suite mnist1d_conv --suite digits_mlp
     python benchmarks/guard_settings.py general --suite text_rnn --rules reset keep+mid0.5
@@ -39,6 +41,8 @@ RULES = {
     "keep+mid0.2": dict(interim_tolerance=0.2, keep_state=True),
     "keep+mid0.5": dict(interim_tolerance=0.5, keep_state=True),
     "final": dict(interim_tolerance=float("inf"), keep_state=True),
+    "keep+mid0.5+defer": dict(interim_tolerance=0.5, keep_state=True, defer_last_check=True),
+    "final+defer": dict(interim_tolerance=float("inf"), keep_state=True, defer_last_check=True),
 }
 DEFAULT_SUITES = ("mnist1d_conv", "digits_mlp", "quadratic_30d", "nqm")
 
@@ -107,7 +111,7 @@ def main(argv=None) -> int:
                                 int(np.sum(run.on_fallback)))
         for label, (med, worst, rate, ended) in out.items():
             extra = "" if label == "unguarded" else f"  rate {100 * rate:5.1f}%  ended on Adam {ended}"
-            print(f"{suite.name:>20} {label:>12}: {med:5.2f}  worst {worst:6.3f}{extra}", flush=True)
+            print(f"{suite.name:>20} {label:>17}: {med:5.2f}  worst {worst:6.3f}{extra}", flush=True)
         print(f"{suite.name:>20} ({time.time() - t0:.0f} s)", flush=True)
         rows.append((suite.name, out))
     labels = ["unguarded", *args.rules]

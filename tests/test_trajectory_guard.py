@@ -384,11 +384,12 @@ def test_lopt_apply_guard_trajectory(tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "curves.json").read_text())
-    # 3 checks in the loop (steps 10, 20, 30) and the final choice on the training set
-    assert result["guard"] == "trajectory" and result["checks"] == 4 and result["check_every"] == 10
-    assert 0 <= result["switches"] <= 4
-    assert result["switch_rate"] == pytest.approx(result["switches"] / 4)
-    assert f"switched to Adam's run at {result['switches']} of 4 checks" in printed
+    # 2 checks in the loop (steps 10, 20) and the final choice on the training set in place of
+    # the last step's (defer_last_check)
+    assert result["guard"] == "trajectory" and result["checks"] == 3 and result["check_every"] == 10
+    assert 0 <= result["switches"] <= 3
+    assert result["switch_rate"] == pytest.approx(result["switches"] / 3)
+    assert f"switched to Adam's run at {result['switches']} of 3 checks" in printed
     assert result["learned"]["curve"] != result["adam"]["curve"]
 
 
@@ -430,3 +431,45 @@ def test_final_choice_decides_on_the_loss_it_is_given():
     assert isinstance(new[0], optax.EmptyState) and int(new[1].switches) == 1
     with pytest.raises(LearnedOptError, match="trajectory guard"):
         final_choice(optax.sgd(0.1).init(p0), p0, f)
+
+
+def test_deferred_last_check_leaves_the_decision_to_final_choice():
+    """``defer_last_check``: the last step is no check on its guard batch (unless non-finite), so
+    a last guard batch that misjudges the run cannot move it; final_choice then decides on the loss
+    it is given, with the same guarantee. Here the guard batches lie (they score a parameter by
+    10 * sum(w), so the run, SGD(0.1) racing towards w = 1, looks worse than its fallback SGD(0.01))
+    while the true loss f has the run far ahead."""
+    f = lambda p: jnp.sum((p["w"] - 1.0) ** 2)                         # noqa: E731
+    liar = lambda p: 10.0 * jnp.sum(p["w"])                             # noqa: E731
+    p0, steps = {"w": jnp.zeros(3)}, 5
+
+    def run(defer, cand=optax.sgd(0.1)):
+        tx = trajectory_guard(cand, optax.sgd(0.01), check_every=100, num_steps=steps,
+                              defer_last_check=defer)
+        p, s = p0, tx.init(p0)
+        for _ in range(steps):
+            u, s = tx.update(jax.grad(f)(p), s, p, value_fn=liar, grad_fn=jax.value_and_grad(f))
+            p = optax.apply_updates(p, u)
+        return p, s
+
+    p, s = run(False)                  # the in-loop last check believes the liar: switched
+    assert (int(s.checks), int(s.switches)) == (1, 1)
+    np.testing.assert_allclose(p["w"], s.fallback_params["w"], rtol=1e-6)
+    p, s = run(True)                   # deferred: no check, the run's own parameters ...
+    assert (int(s.checks), int(s.switches)) == (0, 0)
+    np.testing.assert_allclose(p["w"], 1.0 - 0.8 ** steps, rtol=1e-5)   # SGD(0.1) alone
+    kept, s1 = final_choice(s, p, f)   # ... which final_choice keeps on the true loss
+    assert_trees_equal(kept, p, "kept")
+    assert (int(s1.checks), int(s1.switches), bool(s1.following_learned)) == (1, 0, True)
+    chosen, s2 = final_choice(s, p, liar)   # and on a loss that has it behind: the fallback's
+    assert_trees_equal(chosen, s.fallback_params, "switched")
+    assert int(s2.switches) == 1
+    # a non-finite last step still switches at once
+    p, s = run(True, optax.chain(optax.sgd(0.1), optax.scale_by_schedule(
+        lambda t: jnp.where(t == steps - 1, jnp.inf, 1.0))))
+    assert (int(s.checks), int(s.switches), int(s.last_switch_step)) == (1, 1, steps - 1)
+    assert np.all(np.isfinite(p["w"]))
+    with pytest.raises(LearnedOptError, match="defer_last_check needs num_steps"):
+        trajectory_guard(optax.sgd(0.1), defer_last_check=True)
+    with pytest.raises(LearnedOptError, match="defer_last_check must be"):
+        trajectory_guard(optax.sgd(0.1), num_steps=5, defer_last_check=1)
