@@ -69,7 +69,7 @@ def apply_to_task(checkpoint: str, task_name: str, steps: int = 1000, seed: int 
         extra = {"fallback_rate": float(rate)}
     elif kind == "trajectory":
         tx = trajectory_guarded(lopt, theta, optax.adam(adam_lr), check_every=check_every,
-                                num_steps=steps, defer_last_check=True)   # finalize decides
+                                num_steps=steps, defer_last_check=ev.DEFER_LAST_CHECK)
         run = jax.jit(lambda k: training.train(task, tx, k, steps, guarded=True,
                                                finalize=ev.finalize_trajectory))(key)
         lo, lo_test, lo_fin = run.losses, run.test_loss, run.final_loss

@@ -40,6 +40,7 @@ from learned_opt.shipped import resolve, shipped_names
 from learned_opt.trajectory_guard import (DEFAULT_CHECK_EVERY, DEFAULT_INTERIM_TOLERANCE,
                                           DEFAULT_KEEP_STATE, DEFAULT_TOLERANCE)
 from meta_train.evaluation import compare as cmp
+from meta_train.evaluation.curves import DEFER_LAST_CHECK
 from meta_train.evaluation import report as rp
 from meta_train.evaluation import speedup as sp
 from meta_train.evaluation import stats
@@ -106,7 +107,7 @@ def _settings(paths, cfg, suite) -> dict:
                 # the trajectory guard's rule: a record made under another rule is run again
                 "trajectory_guard": {"check_every": DEFAULT_CHECK_EVERY, "tolerance": DEFAULT_TOLERANCE,
                                      "interim_tolerance": DEFAULT_INTERIM_TOLERANCE, "keep_state": DEFAULT_KEEP_STATE,
-                                     "scored_on_fallback": True}}
+                                     "scored_on_fallback": True, "defer_last_check": DEFER_LAST_CHECK}}
     if suite.curve != "batch":   # curves of the expected loss (2026-12-01): older records are rerun
         settings["curve"] = suite.curve
     return settings

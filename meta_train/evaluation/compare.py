@@ -300,7 +300,7 @@ def run_suite(suite: Suite, entries: list[Entry], guard=True, progress=None,
             else:
                 make = lambda lr, th, e=e: trajectory_guarded(  # noqa: E731
                     e.lopt, th, optax.adam(lr), check_every=check_every, num_steps=T,
-                    defer_last_check=True)   # _curves' final_choice decides on the final training loss
+                    defer_last_check=ev.DEFER_LAST_CHECK)
             run = _curves(fam, cfgs, keys, make, jnp.asarray(grid[best]), e.theta, T, guard=True)
             curves[label], test[label], fallback[label], final[label] = (
                 run.losses, run.test_loss, run.rate, run.final_loss)

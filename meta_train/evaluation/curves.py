@@ -24,6 +24,9 @@ from learned_opt.trajectory_guard import final_choice, find_trajectory_guard_sta
 from tasks import training
 
 DEFAULT_ADAM_LR = 1e-3
+# a trajectory guard here leaves its last check to final_choice on the final training loss
+# (finalize_trajectory), not to the last guard batch (learned_opt.trajectory_guard)
+DEFER_LAST_CHECK = True
 
 
 class TaskCurves(NamedTuple):
