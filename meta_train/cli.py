@@ -161,7 +161,7 @@ def cmd_apply(args) -> int:
     elif args.guard == "trajectory":
         last = (f", last after step {r['last_switch_step'] + 1}" if r["switches"] else "")
         print(f"trajectory guard: switched to Adam's run at {r['switches']} of {r['checks']} checks "
-              f"({100 * r['switch_rate']:.1f}%: every {r['check_every']} steps, the last step and a final "
+              f"({100 * r['switch_rate']:.1f}%: every {r['check_every']} steps before the last, and the final "
               f"choice on the whole training set){last}")
     lo, ad = r["learned"], r["adam"]
     print(f"{args.task}, {args.steps} steps: final training loss learned {lo['final_train_loss']:.4f} "
