@@ -60,8 +60,9 @@ switch): either the learned trajectory met it and is kept, or the returned param
 fallback run's (S_run = S_fallback = its guard loss). With ``num_steps`` given, the final step
 is a check, so the returned final parameters are within the tolerance of the fallback run's
 final parameters, in smoothed guard loss and in the last guard batch's loss, whatever the
-learned optimizer does (or they are the fallback run's final parameters). Assumptions and
-limits:
+learned optimizer does (or they are the fallback run's final parameters); with
+``defer_last_check`` the same holds after :func:`final_choice`, in the loss it was given. Assumptions
+and limits:
 
 - it is a statement about guard-batch losses (one batch per step, both trajectories scored on
   the same batch, so the comparison shares the batch noise): the test or full-data loss can
