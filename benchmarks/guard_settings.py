@@ -12,9 +12,10 @@ every rule; what differs is how much speed the guard takes away on the way.
 Rules: ``reset`` re-initialises the learned state at every switch and checks every 50 steps at 5%
 (the guard before 2026-12-01); ``keep`` keeps the learned state (its schedule position) across a
 switch; ``keep+mid0.2`` / ``keep+mid0.5`` also allow 20% / 50% at the checks before the last
-(``keep+mid0.5`` is the default); ``final`` checks only the last step (and non-finite steps);
+(``trajectory_guard``'s defaults); ``final`` checks only the last step (and non-finite steps);
 ``+defer`` leaves the last step's check to ``final_choice`` on the final training loss
-(``defer_last_check``) instead of the last guard batch.
+(``defer_last_check``) instead of the last guard batch: ``keep+mid0.5+defer`` is what reports and
+``lopt bench`` run (``meta_train.evaluation.curves.DEFER_LAST_CHECK``).
 
     python benchmarks/guard_settings.py general --suite mnist1d_conv --suite digits_mlp
     python benchmarks/guard_settings.py general --suite text_rnn --rules reset keep+mid0.5
