@@ -19,7 +19,8 @@ updated with the current g first:
                                                 (u = D with ``normalize_output=False``)
     u   <- r * u                                (``adam_scale``: the RMS of Adam's own step)
     u   <- r^k * u                              (k = ``noise_power`` > 0: r not a network input;
-                                                 vectors: k_v = ``noise_power_vectors`` if > 0)
+                                                 vectors: k_v = ``noise_power_vectors`` if > 0;
+                                                 ``noise_per_parameter``: min(|a_i|, 1)^k per parameter)
     c_t  = f + (1 - f) (1 + cos(pi tau_0)) / 2 if N > 0 else 1  (f = ``cosine_floor``; 1 = off)
     h_N  = (H / N)^q if 0 < H < N else 1        (H = ``trained_horizon``, q = ``horizon_power``)
     step = lr * h_N * c_t * s_mup * exp(max_log_scale * tanh(mean_tensor(m))) * u * live
@@ -83,7 +84,12 @@ k_v > 0 gives vectors and scalars (biases, gains, a quadratic's parameters) thei
 leaves matrices at ``noise_power`` (0 by default): applied to every tensor, k = 1/2 fixed the
 noisy quadratics but cost the MLPs and the autoencoder, whose normalised (and orthogonalised)
 matrix steps pay under noise, while a vector's normalised step under noise is Adam's direction
-at a constant RMS, the noise floor that Adam's own shrinking step avoids. Untrained (output layer ``output_init_scale``) the
+at a constant RMS, the noise floor that Adam's own shrinking step avoids. ``noise_per_parameter``
+takes each parameter's own ``min(|a_i|, 1)`` as the base of the power instead of the tensor's ``r``
+(no new state or meta-parameters): ``r`` is a mean over the tensor, so in one vector whose
+well-conditioned coordinates have reached their noise floor (a diagonal quadratic of condition
+number 1000) it shrank the steps of the coordinates still far from the optimum as much as theirs,
+while ``|a_i|`` is about 1 where gradients still agree and about 0.23 where noise dominates. Untrained (output layer ``output_init_scale``) the
 rule is close to Adam with per-tensor normalised, muP-scaled steps. With ``dmd_window > 0`` the
 DMD channels are appended after tau (and r). ``noise_input`` gives the network ``r`` as an input
 without scaling the step by it: the per-tensor normalisation hides how noisy a tensor's gradient
@@ -149,6 +155,7 @@ class NormMLPConfig(LOptConfig):
     noise_input: bool = False         # the network sees r (per tensor) without the step being scaled by it
     noise_power: float = 0.0          # > 0: step times r^noise_power (r not a network input)
     noise_power_vectors: float = 0.0  # > 0: vectors' and scalars' power instead (matrices keep noise_power)
+    noise_per_parameter: bool = False  # the power's base is each parameter's |a_i|, not the tensor's r
     cosine_floor: float = 1.0         # < 1: cosine decay of the step to this fraction over a known run
     trained_horizon: int = 0          # > 0: steps of known runs longer than this shrink by (H/N)^q;
                                       # set it to meta-training's max_episode_length
@@ -189,6 +196,9 @@ class NormMLPConfig(LOptConfig):
         yield "noise_power_vectors", is_real(self.noise_power_vectors) and self.noise_power_vectors >= 0 \
             and not (self.noise_power_vectors > 0 and self.adam_scale), \
             ">= 0, and 0 with adam_scale (which uses r^1)"
+        yield "noise_per_parameter", isinstance(self.noise_per_parameter, bool) and not (
+            self.noise_per_parameter and not self.uses_noise_power), \
+            "true or false, and true only with noise_power or noise_power_vectors > 0"
         yield "cosine_floor", is_real(self.cosine_floor) and 0 <= self.cosine_floor <= 1, "in [0, 1]"
         yield "trained_horizon", isinstance(self.trained_horizon, int) and not isinstance(
             self.trained_horizon, bool) and self.trained_horizon >= 0, "an int >= 0 (0 = off)"
@@ -429,6 +439,8 @@ class NormMLP(LearnedOptimizer):
             u = u * x.reshape(-1, x.shape[-1])[0, self.constant_channels()[1] - 1]   # r
         k = cfg.noise_exponent(jnp.ndim(p))
         if k > 0:
+            if cfg.noise_per_parameter:   # |a_i| from its normalised channel, at most 1
+                noise = jnp.minimum(jnp.abs(a) * jnp.sqrt(cfg.norm_eps + jnp.square(noise)), 1.0)
             u = u * jnp.power(jnp.maximum(noise, 1e-12), k)   # finite gradient at r = 0
         live = (jnp.sum(jnp.square(x[..., 0])) > 0).astype(jnp.float32)
         mag = jnp.exp(cfg.max_log_scale * jnp.tanh(jnp.mean(m)))

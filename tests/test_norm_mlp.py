@@ -40,7 +40,8 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     u = D / np.sqrt(1e-12 + np.mean(D ** 2)) if cfg.normalize_output else D
     u = u * r if cfg.adam_scale else u
     k = cfg.noise_power_vectors if (np.ndim(p) < 2 and cfg.noise_power_vectors > 0) else cfg.noise_power
-    u = u * r ** k   # noise_power (vectors: noise_power_vectors if set): r^k, r not an input
+    base = np.minimum(np.abs(a), 1.0) if cfg.noise_per_parameter else r   # each |a_i|, or the tensor's r
+    u = u * base ** k   # noise_power (vectors: noise_power_vectors if set): r^k, r not an input
     mag = np.exp(cfg.max_log_scale * np.tanh(np.mean(mm)))
     if n > 0:   # the built-in cosine over the run (1 with cosine_floor = 1)
         mag *= cfg.cosine_floor + (1 - cfg.cosine_floor) * 0.5 * (1 + np.cos(np.pi * min(t / n, 1.0)))
@@ -368,6 +369,46 @@ def test_noise_power_vectors_takes_its_own_power_on_vectors_and_scalars_only(k, 
         NormMLPConfig(noise_power_vectors=0.5, adam_scale=True)
     with pytest.raises(learned_opt.LearnedOptError, match="noise_power_vectors"):
         NormMLPConfig(noise_power_vectors=-1.0)
+
+
+@pytest.mark.parametrize("k, k_v", [(0.0, 0.5), (0.5, 0.0)])
+def test_noise_per_parameter_takes_each_parameters_own_adam_direction_as_the_base(k, k_v):
+    """``noise_per_parameter``: the step of parameter i is times ``min(|a_i|, 1)^k`` (its own
+    Adam direction) instead of the tensor's ``r^k`` (the formula in numpy), so inside one tensor
+    the coordinates whose gradients still agree keep their steps while the noise-dominated ones
+    shrink (a diagonal quadratic whose well-conditioned directions have converged: per tensor,
+    their noise shrinks the steps of the directions still far from the optimum too)."""
+    cfg = NormMLPConfig(output_init_scale=1.0, lr=0.01, cosine_floor=0.1, noise_power=k,
+                        noise_power_vectors=k_v, noise_per_parameter=True)
+    lopt = NormMLP(cfg)
+    theta = jax.device_get(lopt.init(jax.random.PRNGKey(5)))
+    state = lopt.opt_init(theta, P, 8)
+    _, state = lopt.opt_update(theta, state, G1, P, 0.0, KEY)
+    new_p, state = lopt.opt_update(theta, state, G2, P, 0.0, KEY)
+    scales = dict(zip(sorted(P), mup.step_scales({n: P[n] for n in sorted(P)}, 32.0)))
+    for n in P:
+        want = P[n] - np_norm_mlp_step(theta, [G1[n], G2[n]], P[n], 1, 8, cfg, scales[n])
+        np.testing.assert_allclose(new_p[n], want, rtol=2e-4, atol=1e-6)
+    # one vector: 5 coordinates with a steady gradient, 25 whose gradient flips sign every step
+    k = 0.5
+    per_tensor = NormMLP(NormMLPConfig(lr=0.01, noise_power_vectors=k))
+    per_param = NormMLP(NormMLPConfig(lr=0.01, noise_power_vectors=k, noise_per_parameter=True))
+    theta = jax.device_get(per_tensor.init(jax.random.PRNGKey(0)))
+    x = {"x": jnp.zeros(30)}
+    sign = np.where(np.arange(30) < 5, 1.0, 0.0)
+    st_t, st_p = per_tensor.opt_init(theta, x, 100), per_param.opt_init(theta, x, 100)
+    for t in range(20):
+        g = {"x": jnp.asarray(sign + (1 - sign) * (-1.0) ** t, jnp.float32)}
+        q_t, st_t = per_tensor.opt_update(theta, st_t, g, x, 0.0, KEY)
+        q_p, st_p = per_param.opt_update(theta, st_p, g, x, 0.0, KEY)
+    step_t, step_p = -np.asarray(q_t["x"]), -np.asarray(q_p["x"])
+    r = float(st_t.adam_rms["x"])
+    assert 0.2 < r < 0.7   # most of the tensor is noise
+    ratio = step_p / step_t   # (|a_i| / r)^k: the steady coordinates' |a_i| is about 1
+    np.testing.assert_allclose(ratio[:5], (1.0 / r) ** k, rtol=0.02)
+    assert np.all(ratio[5:] < 1.0) and np.all(ratio[:5] > 1.2)
+    with pytest.raises(learned_opt.LearnedOptError, match="noise_per_parameter"):
+        NormMLPConfig(noise_per_parameter=True)   # no power to take
 
 
 def test_noise_input_adapts_a_trained_rule_to_the_same_steps_and_learns_from_r(tmp_path):

@@ -114,6 +114,9 @@ CASES = {
     "norm_mlp noise_power_vectors, N=100": (lambda: fresh("norm_mlp", {
         "noise_power": 0.25, "noise_power_vectors": 0.75, "hypergrad": 0.1, "hypergrad_vectors": 0.3,
         "orthogonalize": True, "cosine_floor": 0.1, "output_init_scale": 1.0}), 100),
+    "norm_mlp noise_per_parameter, N=100": (lambda: fresh("norm_mlp", {
+        "noise_power": 0.25, "noise_power_vectors": 0.5, "noise_per_parameter": True, "hypergrad_vectors": 0.3,
+        "orthogonalize": True, "cosine_floor": 0.1, "output_init_scale": 1.0}), 100),
     "norm_mlp hypergrad, N=100": (lambda: fresh("norm_mlp", {
         "hypergrad": 0.2, "hypergrad_bound": 1.0, "hypergrad_vectors": 0.5, "orthogonalize": True,
         "weight_decay": 0.1, "output_init_scale": 1.0}), 100),

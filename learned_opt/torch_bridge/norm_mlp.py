@@ -12,6 +12,7 @@ length (0 = unknown), ``lr`` the group's learning rate (default: the config's ``
     D    = nominal * x_a + d;   D <- NewtonSchulz(D)  (orthogonalize, matrices with both sides > 1)
     u    = D * rsqrt(1e-12 + mean(D^2))                         (normalize_output)
     u   <- r * u                                                (adam_scale)
+    u   <- b^k * u     (k = noise_exponent(ndim) > 0; b = r, or min(|a|, 1) per parameter with noise_per_parameter)
     c_t  = f + (1 - f) (1 + cos(pi tau_0)) / 2 if N > 0 else 1  (f = cosine_floor)
     h_N  = (H / N)^q if 0 < H < N else 1        (H = trained_horizon, q = horizon_power)
     step = lr * h_N * c_t * s_mup * exp(max_log_scale * tanh(mean(m))) * u * [x_g != 0 somewhere]
@@ -128,7 +129,10 @@ class NormMLPRule(Rule):
             u = u * r
         k = cfg.noise_exponent(p.dim())
         if k > 0:
-            u = u * torch.pow(torch.clamp(r, min=1e-12), k)
+            base = r
+            if cfg.noise_per_parameter:   # |a_i| from its normalised channel, at most 1
+                base = torch.clamp(x[..., n_pp - 1].abs() * torch.sqrt(cfg.norm_eps + r.square()), max=1.0)
+            u = u * torch.pow(torch.clamp(base, min=1e-12), k)
         live = (torch.sum(x[..., 0].square()) > 0).to(F32)
         mag = torch.exp(cfg.max_log_scale * torch.tanh(torch.mean(mm)))
         if cfg.cosine_floor < 1.0 and float(tau[1]) > 0:
