@@ -87,8 +87,8 @@ matrix steps pay under noise, while a vector's normalised step under noise is Ad
 at a constant RMS, the noise floor that Adam's own shrinking step avoids. ``noise_per_parameter``
 takes each parameter's own ``min(|a_i|, 1)`` as the base of the power instead of the tensor's ``r``
 (no new state or meta-parameters): ``r`` is a mean over the tensor, so in one vector whose
-well-conditioned coordinates have reached their noise floor (a diagonal quadratic of condition
-number 1000) it shrank the steps of the coordinates still far from the optimum as much as theirs,
+well-conditioned coordinates have reached their noise floor (a 30-d diagonal quadratic of condition
+number 864) it shrank the steps of the coordinates still far from the optimum as much as theirs,
 while ``|a_i|`` is about 1 where gradients still agree and about 0.23 where noise dominates. Untrained (output layer ``output_init_scale``) the
 rule is close to Adam with per-tensor normalised, muP-scaled steps. With ``dmd_window > 0`` the
 DMD channels are appended after tau (and r). ``noise_input`` gives the network ``r`` as an input
