@@ -341,6 +341,22 @@ def test_noise_power_shrinks_the_step_by_adams_rms_without_new_meta_parameters()
         NormMLPConfig(noise_power=0.5, adam_scale=True)
 
 
+def two_steps_match_the_formula(cfg):
+    """Two updates (G1, G2) of a run of 8 steps from P: every tensor's new value equals the numpy
+    formula's; returns ``(theta, new params)``."""
+    lopt = NormMLP(cfg)
+    theta = jax.device_get(lopt.init(jax.random.PRNGKey(5)))
+    state = lopt.opt_init(theta, P, 8)
+    assert (state.adam_rms is not None) == cfg.uses_noise_power
+    _, state = lopt.opt_update(theta, state, G1, P, 0.0, KEY)
+    new_p, _ = lopt.opt_update(theta, state, G2, P, 0.0, KEY)
+    scales = dict(zip(sorted(P), mup.step_scales({n: P[n] for n in sorted(P)}, 32.0)))
+    for n in P:
+        want = P[n] - np_norm_mlp_step(theta, [G1[n], G2[n]], P[n], 1, 8, cfg, scales[n])
+        np.testing.assert_allclose(new_p[n], want, rtol=2e-4, atol=1e-6)
+    return theta, new_p
+
+
 @pytest.mark.parametrize("k, k_v", [(0.0, 0.5), (0.25, 0.75)])
 def test_noise_power_vectors_takes_its_own_power_on_vectors_and_scalars_only(k, k_v):
     """``noise_power_vectors`` k_v: vectors and scalars take r^k_v, matrices keep ``noise_power``
@@ -348,16 +364,7 @@ def test_noise_power_vectors_takes_its_own_power_on_vectors_and_scalars_only(k, 
     cfg = NormMLPConfig(output_init_scale=1.0, lr=0.01, cosine_floor=0.1, noise_power=k,
                         noise_power_vectors=k_v)
     assert [cfg.noise_exponent(nd) for nd in (0, 1, 2, 4)] == [k_v, k_v, k, k]
-    lopt = NormMLP(cfg)
-    theta = jax.device_get(lopt.init(jax.random.PRNGKey(5)))
-    state = lopt.opt_init(theta, P, 8)
-    assert state.adam_rms is not None
-    _, state = lopt.opt_update(theta, state, G1, P, 0.0, KEY)
-    new_p, state = lopt.opt_update(theta, state, G2, P, 0.0, KEY)
-    scales = dict(zip(sorted(P), mup.step_scales({n: P[n] for n in sorted(P)}, 32.0)))
-    for n in P:
-        want = P[n] - np_norm_mlp_step(theta, [G1[n], G2[n]], P[n], 1, 8, cfg, scales[n])
-        np.testing.assert_allclose(new_p[n], want, rtol=2e-4, atol=1e-6)
+    theta, new_p = two_steps_match_the_formula(cfg)
     plain = NormMLP(dataclasses.replace(cfg, noise_power=0.0, noise_power_vectors=0.0))
     s0 = plain.opt_init(theta, P, 8)
     _, s0 = plain.opt_update(theta, s0, G1, P, 0.0, KEY)
@@ -380,15 +387,7 @@ def test_noise_per_parameter_takes_each_parameters_own_adam_direction_as_the_bas
     their noise shrinks the steps of the directions still far from the optimum too)."""
     cfg = NormMLPConfig(output_init_scale=1.0, lr=0.01, cosine_floor=0.1, noise_power=k,
                         noise_power_vectors=k_v, noise_per_parameter=True)
-    lopt = NormMLP(cfg)
-    theta = jax.device_get(lopt.init(jax.random.PRNGKey(5)))
-    state = lopt.opt_init(theta, P, 8)
-    _, state = lopt.opt_update(theta, state, G1, P, 0.0, KEY)
-    new_p, state = lopt.opt_update(theta, state, G2, P, 0.0, KEY)
-    scales = dict(zip(sorted(P), mup.step_scales({n: P[n] for n in sorted(P)}, 32.0)))
-    for n in P:
-        want = P[n] - np_norm_mlp_step(theta, [G1[n], G2[n]], P[n], 1, 8, cfg, scales[n])
-        np.testing.assert_allclose(new_p[n], want, rtol=2e-4, atol=1e-6)
+    two_steps_match_the_formula(cfg)
     # one vector: 5 coordinates with a steady gradient, 25 whose gradient flips sign every step
     k = 0.5
     per_tensor = NormMLP(NormMLPConfig(lr=0.01, noise_power_vectors=k))
