@@ -1,7 +1,7 @@
 """Per-step cost of every learned-optimizer architecture, with and without DMD features and
 unguarded, behind the per-step loss guard and behind the trajectory guard, relative to Adam on the same model, in one process.
 
-    python benchmarks/step_cost.py [--task mnist1d_mlp_relu] [--steps 300] [--repeats 3]
+    python benchmarks/step_cost.py [--task mnist1d_mlp_relu] [--steps 300] [--repeats 5]
     python benchmarks/step_cost.py --plain --archs mlp 'mlp:{"hidden_sizes": [16]}' adafactor_mlp
     python benchmarks/step_cost.py --plain --archs general 'general:{"orthogonalize": false}' \
         --task 'mnist1d_mlp:{"hidden_sizes": [512, 512]}'
@@ -15,7 +15,8 @@ meta-parameters, told the run's length), optionally with config overrides after 
 layer); ``--plain`` times only the unguarded optimizers without DMD.
 
 Each figure is one jitted ``lax.scan`` of ``--steps`` training steps (forward, backward and
-the optimizer, through the optax adapter), best of ``--repeats``, divided by the step count.
+the optimizer, through the optax adapter), best of ``--repeats`` rounds, divided by the step count;
+every round times every optimizer once in turn (Adam included), so the ratios hold on a busy machine.
 SGD is shown as the floor (forward + backward + a trivial update). The learned optimizers
 use freshly initialised meta-parameters: cost does not depend on their values.
 """
@@ -26,6 +27,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,7 +38,6 @@ import learned_opt  # noqa: E402
 import tasks  # noqa: E402
 from learned_opt.loss_guard import guarded  # noqa: E402
 from learned_opt.trajectory_guard import trajectory_guarded  # noqa: E402
-from benchmarks.throughput import best_time  # noqa: E402
 from meta_train.evaluation import curves as ev  # noqa: E402
 
 DMD = {"dmd_window": 8, "dmd_rank": 3}
@@ -48,7 +49,7 @@ def main():
                     help="named task (see `lopt tasks`), or FAMILY:JSON (a family's default task with "
                          "these constructor arguments)")
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--archs", nargs="*", default=None,
                     help="architectures, NAME or NAME:JSON-config (default: all registered)")
     ap.add_argument("--plain", action="store_true", help="unguarded, no DMD variants only")
@@ -65,14 +66,14 @@ def main():
     n = args.steps
 
     def time_tx(tx, guard=False):
+        """A compiled, warmed-up run of n steps; timed later, interleaved with the others."""
         run = jax.jit(lambda k: ev.run_task(task, tx, k, n, guard=guard)[0])
-        return best_time(lambda: jax.block_until_ready(run(key)), args.repeats) / n
+        jax.block_until_ready(run(key))
+        return lambda: jax.block_until_ready(run(key))
 
     print(f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}); task {args.task} "
           f"({n_params} parameters, {len(jax.tree.leaves(task.init(key)))} tensors); {n} steps per timing")
-    t_adam = time_tx(optax.adam(1e-3))
-    t_sgd = time_tx(optax.sgd(1e-2))
-    rows = [("Adam", t_adam), ("SGD (forward+backward floor)", t_sgd)]
+    rows = [("Adam", time_tx(optax.adam(1e-3))), ("SGD (forward+backward floor)", time_tx(optax.sgd(1e-2)))]
     for spec in args.archs or sorted(learned_opt.architectures()):
         arch, _, conf = spec.partition(":")
         conf = json.loads(conf) if conf else {}
@@ -93,9 +94,25 @@ def main():
                 rows.append((name + " +traj-guard",
                              time_tx(trajectory_guarded(lopt, theta, num_steps=n), guard=True)))
             print(f"  measured {name}", file=sys.stderr, flush=True)
+    times = interleaved_best([fn for _, fn in rows], args.repeats)
+    t_adam = times[0] / n
     print("\n| optimizer | us / step | x Adam |\n|---|---|---|")
-    for name, t in rows:
+    for (name, _), t in zip(rows, times):
+        t /= n
         print(f"| {name} | {1e6 * t:.1f} | {t / t_adam:.2f} |")
+
+
+def interleaved_best(fns, repeats):
+    """Best wall time of each of ``fns`` over ``repeats`` rounds, each round running every one
+    once in turn: a slow spell of a shared machine then slows every optimizer's round alike
+    instead of one optimizer's whole measurement (which moved ratios by up to 2x)."""
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
 
 
 if __name__ == "__main__":

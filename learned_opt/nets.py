@@ -67,6 +67,23 @@ def apply_mlp(params: dict, x: jax.Array, constant: tuple[int, int] | None = Non
     return x
 
 
+def apply_mlp_channels_first(params: dict, x: jax.Array,
+                             first: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """:func:`apply_mlp` on a leading channel axis: ``x (C, N) -> (n_out, N)``, each layer
+    ``h <- W^T h + b`` (the same function; XLA:CPU runs ``W^T x`` with N on the fast axis
+    1.4-1.8x faster than ``x W`` with 8-10 channels on it). ``first = (w, b)``, shapes ``(C, H)``
+    and ``(H,)``, replaces the first layer's weight and bias: a caller that folds per-channel
+    input scales into ``w`` and constant channels into ``b`` never materialises either per row."""
+    n_layers = len(params)
+    w0, b0 = first if first is not None else (params["linear_0"]["w"], params["linear_0"]["b"])
+    x = w0.astype(x.dtype).T @ x + b0.astype(x.dtype)[:, None]
+    for i in range(1, n_layers):
+        layer = params[f"linear_{i}"]
+        x = jax.nn.relu(x)
+        x = layer["w"].astype(x.dtype).T @ x + layer["b"].astype(x.dtype)[:, None]
+    return x
+
+
 def init_lstm(key: jax.Array, n_in: int, hidden: int, forget_bias: float = 1.0) -> dict:
     """One LSTM layer ``{"wx" (n_in, 4H), "wh" (H, 4H), "b" (4H,)}``, gate order i, f, g, o.
 

@@ -113,13 +113,34 @@ from learned_opt import mup
 from learned_opt.base import LearnedOptimizer, LOptConfig, register
 from learned_opt.checks import are_ints, is_real
 from learned_opt.dmd import DMDState
-from learned_opt.nets import apply_mlp, init_step_mlp
+from learned_opt.nets import apply_mlp_channels_first, init_step_mlp
 
 NUM_TIME = 2   # [fraction of training done, horizon known]
 
 
+class TensorInputs(NamedTuple):
+    """One tensor's network inputs, channels first: ``x`` (shape ``(C,) + p.shape``) the raw
+    per-parameter channels ``[g, p, m_beta1, m_decays.., sqrt(v), a]`` then any DMD channels;
+    ``scale`` (``(C,)``) each channel's per-tensor normalisation ``rsqrt(norm_eps + mean(x_c^2))``
+    (1 for DMD channels), folded into the network's first layer, so the normalised inputs are never
+    materialised; ``const`` the channels the same for every parameter (tau, and r with
+    ``adam_scale`` or ``noise_input``), which enter the first layer as a bias."""
+
+    x: Array
+    scale: Array
+    const: Array
+
+    def normalized(self, channel: int) -> Array:
+        """Channel ``channel`` normalised, shaped like the tensor."""
+        return self.x[channel] * self.scale[channel]
+
+
+def _is_inputs(x) -> bool:
+    return isinstance(x, TensorInputs)
+
+
 class NormMLPState(NamedTuple):
-    """``momenta``: leaves ``p.shape + (1 + len(decays),)`` (beta1 first); ``v``: leaves like
+    """``momenta``: leaves ``(1 + len(decays),) + p.shape`` (beta1 first); ``v``: leaves like
     ``p``; ``iteration``: int32, updates taken; ``num_steps``: int32, the run's length (0 =
     unknown); ``dmd``: a ``dmd.DMDState`` or None."""
 
@@ -285,16 +306,15 @@ def horizon_factor(num_steps: Array, trained_horizon: int, power: float) -> Arra
     return jnp.where(longer, (trained_horizon / jnp.maximum(n, 1.0)) ** power, 1.0).astype(jnp.float32)
 
 
-def hypergrad_scale(x: Array, step: Array, prev: Array, ell: Array,
+def hypergrad_scale(g: Array, step: Array, prev: Array, ell: Array,
                     limits: tuple[float, float, float]) -> tuple[Array, Array]:
-    """``(step * exp(ell'), ell')`` with ``ell' = clip(ell + beta * cos(g, prev), lo, hi)`` (``g`` =
-    ``x``'s gradient channel, ``prev`` the tensor's last step, ``(beta, lo, hi)`` = ``limits``, from
+    """``(step * exp(ell'), ell')`` with ``ell' = clip(ell + beta * cos(g, prev), lo, hi)`` (``g`` the
+    tensor's gradient, ``prev`` its last step, ``(beta, lo, hi)`` = ``limits``, from
     ``NormMLPConfig.hypergrad_limits``); ``(step, ell)`` unchanged when beta is 0 or the tensor is
     empty. ``cos`` is 0 while either is all zeros."""
     b, lo, hi = limits
-    if b <= 0 or x.size == 0:
+    if b <= 0 or g.size == 0:
         return step, ell
-    g = x[..., 0]
     dot = jnp.sum(g * prev)
     cos = dot * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(g)) * jnp.sum(jnp.square(prev)), 1e-30))
     ell = jnp.clip(ell + b * cos, lo, hi)
@@ -353,7 +373,8 @@ class NormMLP(LearnedOptimizer):
 
     def init_slots(self, theta, params) -> dict:
         k = len(self._decays)
-        slots = {"momenta": jax.tree.map(lambda p: F.init_accumulators(p, k), params),
+        slots = {"momenta": jax.tree.map(lambda p: F.init_accumulators(p, k, channels_first=True),
+                                         params),
                  "v": jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)}
         if self.config.uses_noise_power:
             slots["adam_rms"] = jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params)
@@ -371,24 +392,33 @@ class NormMLP(LearnedOptimizer):
 
         def one(m, v, g, p):
             g = g.astype(jnp.float32)
-            m = F.update_momenta(m, g, self._decays)
+            m = F.update_momenta(m, g, self._decays, channels_first=True)
             v = F.update_second_moments(v[..., None], g, (cfg.beta2,))[..., 0]
-            a = (m[..., 0] / c1) / (jnp.sqrt(v / c2) + 1e-8)
-            x = F.stack_channels(g, p.astype(jnp.float32), m, jnp.sqrt(v), a)
-            x = F.second_moment_normalize(x, cfg.norm_eps)
+            a = (m[0] / c1) / (jnp.sqrt(v / c2) + 1e-8)
+            x = F.stack_channels(g, p.astype(jnp.float32), m, jnp.sqrt(v), a, channels_first=True)
             r = adam_rms(a)
             const = jnp.concatenate([tau, r[None]]) if cfg.r_input else tau
-            return F.broadcast_global(x, const), m, v, r
+            return TensorInputs(x, F.second_moment_scales(x, cfg.norm_eps), const), m, v, r
 
         out = jax.tree.map(one, state.momenta, state.v, grads, params)
         inputs, momenta, v, r = F.unzip(params, out, 4)
         return inputs, self.advance(state, momenta=momenta, v=v,
                                     adam_rms=r if cfg.uses_noise_power else None)
 
+    def concat_inputs(self, inputs, extra):
+        """DMD channels (leaves ``p.shape + (C,)``) appended to each tensor's ``x``, channels
+        first, with scale 1 (they are not normalised)."""
+        def cat(inp, f):
+            f = jnp.moveaxis(f.astype(inp.x.dtype), -1, 0)
+            return TensorInputs(jnp.concatenate([inp.x, f], axis=0),
+                                jnp.concatenate([inp.scale, jnp.ones((f.shape[0],), inp.scale.dtype)]),
+                                inp.const)
+        return jax.tree.map(cat, inputs, extra, is_leaf=_is_inputs)
+
     def apply(self, theta, state, inputs, params):
         cfg = self.config
-        leaves, treedef = jax.tree.flatten(inputs)
-        p_leaves = jax.tree.leaves(params)
+        leaves = jax.tree.leaves(inputs, is_leaf=_is_inputs)
+        p_leaves, treedef = jax.tree.flatten(params)
         roles = mup.roles_by_name(params, cfg.input_names)
         scales = (mup.step_scales(params, cfg.mup_base_fan_in, roles, cfg.mup_power,
                                   cfg.mup_power_wide_only) if cfg.mup
@@ -399,7 +429,7 @@ class NormMLP(LearnedOptimizer):
         steps = [self.tensor_step(theta, x, p, s, h, orthogonalize=r != "input", noise=n)
                  for x, p, s, r, n in zip(leaves, p_leaves, scales, roles, rms)]
         if cfg.uses_hypergrad:
-            pairs = [hypergrad_scale(x, st, prev, ell, cfg.hypergrad_limits(jnp.ndim(st)))
+            pairs = [hypergrad_scale(x.x[0], st, prev, ell, cfg.hypergrad_limits(jnp.ndim(st)))
                      for x, st, prev, ell in zip(leaves, steps, jax.tree.leaves(state.prev_step),
                                                  jax.tree.leaves(state.log_scale))]
             steps = [st for st, _ in pairs]
@@ -407,51 +437,58 @@ class NormMLP(LearnedOptimizer):
                                    prev_step=jax.tree.unflatten(treedef, steps))
         return jax.tree.unflatten(treedef, steps), state
 
-    def network(self, theta, inputs: Array) -> tuple[Array, Array]:
-        """``(d, m)`` of one tensor's inputs minus the network at zero per-parameter inputs
-        (with the same tau and DMD channels)."""
-        const = self.constant_channels()
-        out = apply_mlp(theta["mlp"], inputs, const)
-        row = inputs.reshape(-1, inputs.shape[-1])[:1]
-        zero = row.at[:, :const[0]].set(0.0)
-        if zero.shape[-1] > const[1]:   # DMD channels: per parameter, zeroed as well
-            zero = zero.at[:, const[1]:].set(0.0)
-        out = out - apply_mlp(theta["mlp"], zero)[0]
-        return out[..., 0], out[..., 1]
+    def network(self, theta, inputs: TensorInputs) -> tuple[Array, Array]:
+        """``(d, m)`` of one tensor's inputs, each shaped like the tensor, minus the network at
+        zero per-parameter (and DMD) inputs with the same constant channels. The first layer's
+        rows for the per-parameter channels take the channels' normalisation (``inputs.scale``),
+        its rows for the constant channels become a bias: the network runs channels first
+        (``nets.apply_mlp_channels_first``) on the raw channels."""
+        a, b = self.constant_channels()
+        first = theta["mlp"]["linear_0"]
+        w = jnp.asarray(first["w"], jnp.float32)
+        w_x = jnp.concatenate([w[:a], w[b:]], axis=0) * inputs.scale[:, None]
+        bias = inputs.const @ w[a:b] + first["b"]
+        shape = inputs.x.shape[1:]
+        out = apply_mlp_channels_first(theta["mlp"], inputs.x.reshape(inputs.x.shape[0], -1),
+                                       (w_x, bias))
+        zero = apply_mlp_channels_first(theta["mlp"], jnp.zeros((w_x.shape[0], 1), jnp.float32),
+                                        (w_x, bias))
+        out = out - zero
+        return out[0].reshape(shape), out[1].reshape(shape)
 
-    def tensor_step(self, theta, x: Array, p: Array, scale: float, horizon=1.0,
+    def tensor_step(self, theta, x: TensorInputs, p: Array, scale: float, horizon=1.0,
                     orthogonalize: bool = True, noise: Array | None = None) -> Array:
-        """The step of one tensor (subtracted from p), see the module docstring; ``scale`` is
-        ``s_mup``, ``horizon`` is ``h_N`` (a run no longer than H multiplies by exactly 1);
-        ``orthogonalize=False`` (input weights) skips Newton-Schulz whatever the config says;
-        ``noise`` is the tensor's ``r`` (used with ``noise_power`` or ``noise_power_vectors``)."""
+        """The step of one tensor (subtracted from p), see the module docstring; ``x`` its
+        :class:`TensorInputs`, ``scale`` is ``s_mup``, ``horizon`` is ``h_N`` (a run no longer than H
+        multiplies by exactly 1); ``orthogonalize=False`` (input weights) skips Newton-Schulz whatever
+        the config says; ``noise`` is the tensor's ``r`` (used with ``noise_power`` or
+        ``noise_power_vectors``)."""
         cfg = self.config
-        if x.size == 0:
+        if jnp.size(p) == 0:
             return jnp.zeros(jnp.shape(p), jnp.float32)
         d, m = self.network(theta, x)
-        a = x[..., cfg.num_per_parameter - 1]
-        D = cfg.nominal * a + d
+        i_a = cfg.num_per_parameter - 1
+        D = cfg.nominal * x.normalized(i_a) + d
         if (cfg.orthogonalize and orthogonalize and D.ndim >= 2
                 and min(mup.fan_in(D.shape), D.shape[-1]) > 1):
             D = mup.newton_schulz(D, cfg.ns_steps)
         u = D * jax.lax.rsqrt(1e-12 + jnp.mean(jnp.square(D))) if cfg.normalize_output else D
         if cfg.adam_scale:
-            u = u * x.reshape(-1, x.shape[-1])[0, self.constant_channels()[1] - 1]   # r
+            u = u * x.const[NUM_TIME]   # r
         k = cfg.noise_exponent(jnp.ndim(p))
         if k > 0:
-            if cfg.noise_per_parameter:   # |a_i| from its normalised channel, at most 1
-                noise = jnp.minimum(jnp.abs(a) * jnp.sqrt(cfg.norm_eps + jnp.square(noise)), 1.0)
+            if cfg.noise_per_parameter:   # each |a_i| (Adam's direction), at most 1
+                noise = jnp.minimum(jnp.abs(x.x[i_a]), 1.0)
             u = u * jnp.power(jnp.maximum(noise, 1e-12), k)   # finite gradient at r = 0
-        live = (jnp.sum(jnp.square(x[..., 0])) > 0).astype(jnp.float32)
+        live = (jnp.sum(jnp.square(x.x[0])) > 0).astype(jnp.float32)
         mag = jnp.exp(cfg.max_log_scale * jnp.tanh(jnp.mean(m)))
         if cfg.cosine_floor < 1.0:
-            mag = mag * cosine_factor(x.reshape(-1, x.shape[-1])[0, self.constant_channels()[0]:][:NUM_TIME],
-                                      cfg.cosine_floor)
+            mag = mag * cosine_factor(x.const[:NUM_TIME], cfg.cosine_floor)
         step = ((cfg.lr * scale) * horizon) * mag * live * u
         if cfg.weight_decay and jnp.ndim(p) >= 2:
             step = step + cfg.lr * cfg.weight_decay * p.astype(jnp.float32)
         return step
 
 
-__all__ = ["NormMLP", "NormMLPConfig", "NormMLPState", "adam_rms", "cosine_factor", "fraction_features",
+__all__ = ["NormMLP", "NormMLPConfig", "NormMLPState", "TensorInputs", "adam_rms", "cosine_factor", "fraction_features",
            "horizon_factor", "hypergrad_scale"]
