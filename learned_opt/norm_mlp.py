@@ -98,6 +98,13 @@ to anneal under noise (as ``noise_power`` did by a fixed power, which hurt tasks
 pay) instead of being told; a rule saved without it is fine-tuned with it from a zero first-layer
 row for ``r`` (``adapt_theta``), starting from exactly its steps. Inputs: ``5 + len(decays)`` per parameter plus the 2
 of tau (10 by default; 11 with ``adam_scale`` or ``noise_input``).
+
+Computed channels first (the same function): the momenta are kept as ``(K,) + p.shape``, a tensor's
+inputs are :class:`TensorInputs` (the raw channels stacked on a leading axis, their normalisation
+factors and the constant channels), the factors are folded into the first layer's rows and the constant
+channels into its bias, and the network runs as ``W^T x``; neither ``x_c`` normalised nor tau is
+written per parameter, and XLA:CPU runs the whole rule about 2x faster than with the channels on a
+trailing axis (README, "What a step costs").
 """
 from __future__ import annotations
 
