@@ -130,8 +130,8 @@ class NormMLPRule(Rule):
         k = cfg.noise_exponent(p.dim())
         if k > 0:
             base = r
-            if cfg.noise_per_parameter:   # |a_i| from its normalised channel, at most 1
-                base = torch.clamp(x[..., n_pp - 1].abs() * torch.sqrt(cfg.norm_eps + r.square()), max=1.0)
+            if cfg.noise_per_parameter:   # each |a_i| (Adam's direction), at most 1
+                base = torch.clamp(a.abs(), max=1.0)
             u = u * torch.pow(torch.clamp(base, min=1e-12), k)
         live = (torch.sum(x[..., 0].square()) > 0).to(F32)
         mag = torch.exp(cfg.max_log_scale * torch.tanh(torch.mean(mm)))
