@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,6 +37,7 @@ import learned_opt  # noqa: E402
 import tasks  # noqa: E402
 from learned_opt.loss_guard import guarded  # noqa: E402
 from learned_opt.trajectory_guard import trajectory_guarded  # noqa: E402
+from benchmarks.throughput import interleaved_best  # noqa: E402
 from meta_train.evaluation import curves as ev  # noqa: E402
 
 DMD = {"dmd_window": 8, "dmd_rank": 3}
@@ -100,19 +100,6 @@ def main():
     for (name, _), t in zip(rows, times):
         t /= n
         print(f"| {name} | {1e6 * t:.1f} | {t / t_adam:.2f} |")
-
-
-def interleaved_best(fns, repeats):
-    """Best wall time of each of ``fns`` over ``repeats`` rounds, each round running every one
-    once in turn: a slow spell of a shared machine then slows every optimizer's round alike
-    instead of one optimizer's whole measurement (which moved ratios by up to 2x)."""
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t)
-    return best
 
 
 if __name__ == "__main__":

@@ -36,6 +36,19 @@ def best_time(fn, repeats):
     return min(times)
 
 
+def interleaved_best(fns, repeats):
+    """Best wall time of each of ``fns`` over ``repeats`` rounds, each round running every one
+    once in turn: a slow spell of a shared machine then slows every optimizer's round alike
+    instead of one optimizer's whole measurement (which moved ratios by up to 2x)."""
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="default")

@@ -4,8 +4,8 @@ Conventions: a *per-parameter* feature array of a tensor ``p`` has shape
 ``p.shape + (C,)`` (C feature channels on a trailing axis); accumulators for a
 vector of decays ``d`` (shape ``(K,)``) are stored the same way, ``p.shape + (K,)``.
 The ``channels_first`` variants (``(C,) + p.shape``, each channel one contiguous array) are for
-architectures that run their network as ``W^T x`` on a leading channel axis, which XLA:CPU does
-1.4-1.8x faster than ``x W`` on a trailing axis of 8-10 channels (``benchmarks/step_cost.py``).
+architectures that run their network as ``W^T x`` on a leading channel axis
+(``nets.apply_mlp_channels_first``).
 All functions work on one tensor (use ``jax.tree.map`` to apply them to a pytree) except
 :func:`lolv2_inputs`, the LOLv2 inputs of a whole pytree shared by the ``mlp`` and ``rnn_mlp``
 architectures. They contain no Python control flow on values, so they jit, vmap and grad.
