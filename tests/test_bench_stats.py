@@ -102,6 +102,25 @@ def test_leaderboard_ranks_by_overall_iqm_and_guard_table():
     assert s1["step"]["over"] == 1 and s1["trajectory"]["over"] == 0 and s1["trajectory"]["rate"] == 0.25
 
 
+def test_suite_by_suite_table_uses_the_suites_own_statistic():
+    """The leaderboard's suite-by-suite median is the suite section's (seed-mean curves), not the
+    median of the seeds' own scores, which can disagree when seeds disagree (a 0.5 and a 4.0)."""
+    scores = np.array([[0.5, 1.9, 0.5], [4.0, 2.0, 2.2]])      # seed means 2.25, 1.95, 1.35
+    rec = _record("s1", {"Adam tuned": (np.full((2, 3), 0.9), [1, 1, 1], None),
+                         "opt": (scores, [1.0, 0.9, 1.1], None),
+                         "opt +traj-guard": (scores, [1.0, 0.9, 1.0], "trajectory")})
+    for lab in ("opt", "opt +traj-guard"):
+        rec["optimizers"][lab].update(median_speedup=0.6, task_speedups=[0.6, 1.9, 0.55])
+    board = bench.leaderboard([rec], reps=100)
+    text = "\n".join(bench.learned_table([rec], board))
+    assert "| opt | `s1` | 0.60 | 1/3 | " in text and "1.95" not in text and "†" not in text
+    # a record from before the per-task values: its median is still the suite's, tasks marked
+    for lab in ("opt", "opt +traj-guard"):
+        del rec["optimizers"][lab]["task_speedups"]
+    text = "\n".join(bench.learned_table([rec], board))
+    assert "| opt | `s1` | 0.60 | 3/3† | " in text and "† a suite recorded before" in text
+
+
 def test_bench_end_to_end_and_resume(tmp_path):
     """`run_bench` on one shipped optimizer and one suite (its first task, 2 seeds): the files,
     the trajectory guard's promise on it, and a rerun that reuses the saved suite."""
@@ -124,6 +143,8 @@ def test_bench_end_to_end_and_resume(tmp_path):
     assert g["trajectory"]["worst_task"] <= bench.TOLERANCE and g["trajectory"]["over"] == 0
     rec = json.loads((tmp_path / "b" / "suites" / "quadratic_30d.json").read_text())
     assert rec["num_tasks"] == 1 and np.asarray(rec["optimizers"]["mlp"]["scores"]).shape == (2, 1)
+    o = rec["optimizers"]["mlp"]
+    assert len(o["task_speedups"]) == 1 and o["median_speedup"] == pytest.approx(np.median(o["task_speedups"]))
     assert (tmp_path / "b" / "profiles.png").stat().st_size > 0
     # a rerun reuses the saved suite (no training) and ranks identically
     msgs.clear()

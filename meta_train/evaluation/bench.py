@@ -89,7 +89,9 @@ def suite_record(res: dict, rows: list[dict], pngs, settings: dict) -> dict:
                        "guard_rate": None if fb is None else float(np.mean(fb)),
                        "on_fallback_runs": (int(np.sum(res["on_fallback"][label]))
                                             if label in res.get("on_fallback", {}) else None),
-                       "median_speedup": by_label[label]["speedup"]["median"]}
+                       "median_speedup": by_label[label]["speedup"]["median"],
+                       # per task, the seed-mean curve's speedup (the suite section's and `lopt report`'s)
+                       "task_speedups": list(by_label[label]["speedups"])}
     return {"format": FORMAT, "settings": settings, "suite": s.name, "kind": s.kind,
             "description": s.title, "num_tasks": len(res["task_labels"]), "num_steps": s.num_steps,
             "num_seeds": res["num_seeds"], "optimizers": opts,
@@ -273,30 +275,48 @@ def run_bench(optimizers=None, suite_names=None, out_dir: str = "runs/bench", fu
             "costs": costs, "wall_s": wall, "records": records}
 
 
+def suite_speedups(o: dict) -> tuple[float, np.ndarray, bool]:
+    """One optimizer's record on one suite -> (median speedup, per-task speedups, exact): the
+    suite's own statistic, each task scored on its seed-mean curve as the suite's section and
+    `lopt report` score it. Records written before 2026-12-03 lack the per-task values; their
+    tasks are then the means of the seeds' own scores (``exact`` False)."""
+    if "task_speedups" in o:
+        return float(o["median_speedup"]), np.asarray(o["task_speedups"], float), True
+    return float(o["median_speedup"]), np.asarray(o["scores"]).mean(axis=0), False
+
+
 def learned_table(records: list[dict], board: list[dict]) -> list[str]:
     """Per learned optimizer (unguarded and guarded) and suite: median speedup over tuned Adam
-    (over tasks, seed means), tasks faster, worst task's final-loss ratio, diverged runs."""
+    (the suite's own statistic, :func:`suite_speedups`), tasks faster, worst task's final-loss
+    ratio, diverged runs."""
     learned = [r["optimizer"] for r in board if r["guard"] is not None or any(
         r["optimizer"] + suffix in rec["optimizers"] for rec in records
         for suffix in cmp.GUARD_SUFFIX.values())]
     if not learned:
         return []
     lines = ["## Learned optimizers, suite by suite", "",
-             "Median speedup over tuned Adam (over tasks, each the mean of its seeds' scores), tasks "
-             "faster than tuned Adam, the worst task's final training loss / tuned Adam's, and runs "
-             "that diverged (non-finite final loss).", "",
+             "Median speedup over tuned Adam over tasks, each task scored on its seed-mean loss curve "
+             "(the statistic of the suite sections below and of `lopt report`; the IQM above scores "
+             "every run on its own curve), tasks faster than tuned Adam, the worst task's final "
+             "training loss / tuned Adam's, and runs that diverged (non-finite final loss).", "",
              "| optimizer | suite | median speedup | tasks faster | worst final | diverged runs |",
              "|---|---|---|---|---|---|"]
+    any_old = False
     for label in sorted(learned):
         for rec in records:
             o = rec["optimizers"].get(label)
             if o is None:
                 continue
-            per_task = np.asarray(o["scores"]).mean(axis=0)
+            median, per_task, exact = suite_speedups(o)
+            any_old = any_old or not exact
             diverged = o.get("diverged_runs", int(np.sum(np.asarray(o["scores"]) == 0)))
-            lines.append(f"| {label} | `{rec['suite']}` | {np.median(per_task):.2f} | "
-                         f"{int(np.sum(per_task > 1))}/{len(per_task)} | "
+            old = "" if exact else "†"
+            lines.append(f"| {label} | `{rec['suite']}` | {median:.2f} | "
+                         f"{int(np.sum(per_task > 1))}/{len(per_task)}{old} | "
                          f"{_ratio(max(o['final_ratio']))} | {diverged} |")
+    if any_old:
+        lines += ["", "† a suite recorded before the per-task values were kept: tasks faster counts "
+                  "tasks whose seeds' own scores average above 1."]
     return lines + [""]
 
 
