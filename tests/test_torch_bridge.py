@@ -364,6 +364,24 @@ def test_state_dict_round_trip_continues_identically(name):
         assert torch.equal(a, b)
 
 
+def test_a_state_of_another_layout_is_refused_in_one_line():
+    """A norm_mlp state in the bridge's old channels-last layout (momenta ``shape + (K,)``) is
+    refused before anything is loaded, not broadcast into wrong steps."""
+    params = torch_params()
+    opt = _make("general", params, num_steps=20)
+    _train(params, opt, 0, 2)
+    saved = copy.deepcopy(opt.state_dict())
+    for st in saved["state"].values():
+        st["momenta"] = torch.movedim(st["momenta"], 0, -1).contiguous()
+    again = [p.detach().clone().requires_grad_() for p in params]
+    opt2 = _make("general", again)
+    with pytest.raises(learned_opt.LearnedOptError, match=r"state_dict: parameter 0's 'momenta' has shape") as e:
+        opt2.load_state_dict(saved)
+    assert "\n" not in str(e.value) and not opt2.state
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))      # its own layout loads
+    assert len(opt2.state) == len(again)
+
+
 def test_state_stays_float32_for_low_precision_parameters():
     w = torch.randn(4, 3, dtype=torch.bfloat16, requires_grad=True)
     opt = LearnedOptim.from_checkpoint("adafactor_mlp", [w])

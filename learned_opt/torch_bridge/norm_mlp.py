@@ -28,9 +28,13 @@ everywhere with ``mup=False``); a tensor of role ``input`` (``Slot.role``: the g
 containing one of ``input_names``) has ``s_mup = 1`` and is not orthogonalised. Read on the
 haiku layout, ``prod(shape[:-1])`` is a torch ``Linear``'s
 ``in_features`` and a ``Conv2d``'s ``in_channels * kh * kw``; Newton-Schulz orthogonalises
-``(prod(shape[:-1]), shape[-1])``. The first layer of the network takes c once per tensor
-(``ops.mlp``); its value at zero per-parameter (and DMD) inputs is then exactly
-``c W_c + b_0``, which is the subtracted ``MLP([0, c, 0])``'s first pre-activation.
+``(prod(shape[:-1]), shape[-1])``. As in JAX the network runs channels first
+(:meth:`NormMLPRule.network`): the raw channels are stacked on a leading axis ``(C, N)`` (the
+momenta are kept as ``(K,) + shape``), the per-channel normalisation is folded into the first
+layer's rows and c into its bias ``c W_c + b_0`` (which is also the subtracted ``MLP([0, c, 0])``'s
+first pre-activation), and each layer is ``W^T h + b``; whole-tensor means of squares are dot
+products. Eager torch writes every intermediate, so this order matters more than in XLA: the
+channels-last step was 1.7x slower on a 400k-parameter MLP (``benchmarks/torch_bridge.py``).
 """
 from __future__ import annotations
 
@@ -73,6 +77,12 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
     return x.reshape(shape)
 
 
+def mean_square(x: torch.Tensor) -> torch.Tensor:
+    """``mean(x^2)`` over the whole tensor, as one dot product (no ``x^2`` written)."""
+    flat = x.reshape(-1)
+    return torch.dot(flat, flat) / flat.numel()
+
+
 class NormMLPRule(Rule):
     architecture = "norm_mlp"
     jax_class = NormMLP
@@ -88,12 +98,32 @@ class NormMLPRule(Rule):
     def init_state(self, p):
         k = len(self.decays)
         state = {"step": 0,
-                 "momenta": torch.zeros(p.shape + (k,), dtype=F32, device=p.device),
+                 "momenta": torch.zeros((k,) + tuple(p.shape), dtype=F32, device=p.device),
                  "v": torch.zeros(p.shape, dtype=F32, device=p.device)}
         if self.config.uses_hypergrad:
             state.update(log_scale=torch.zeros((), dtype=F32, device=p.device),
                          prev_step=torch.zeros(p.shape, dtype=F32, device=p.device))
         return state
+
+    def network(self, mlp: dict, x: torch.Tensor, scale: torch.Tensor,
+                const: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(d, m)`` of one tensor, each ``(N,)``, from its raw channels ``x`` ``(C, N)`` (the
+        per-parameter ones, then any DMD ones) and their normalisation ``scale`` ``(C,)``: the
+        network channels first, the scales folded into the first layer's rows and the constant
+        channels into its bias (as ``NormMLP.network``), minus its value at zero inputs."""
+        a = self.config.num_per_parameter
+        w0, b0 = mlp["linear_0"]["w"], mlp["linear_0"]["b"]
+        b = a + const.shape[0]
+        w_x = torch.cat([w0[:a], w0[b:]]) * scale[:, None]
+        bias = const @ w0[a:b] + b0
+        h = torch.addmm(bias[:, None], w_x.T, x)
+        zero = bias
+        for i in range(1, len(mlp)):
+            layer = mlp[f"linear_{i}"]
+            h = torch.addmm(layer["b"][:, None], layer["w"].T, torch.relu_(h))
+            zero = torch.relu(zero) @ layer["w"] + layer["b"]
+        out = h - zero[:, None]
+        return out[0], out[1]
 
     def tensor_step(self, slot: Slot) -> torch.Tensor:
         cfg = self.config
@@ -105,26 +135,34 @@ class NormMLPRule(Rule):
         tau = fraction_features(t, slot.num_steps, dev)
         tail = self.dmd_inputs(slot)
 
-        m = ops.ema(st["momenta"], g, ops.decay_pair(self.decays, dev))
-        v = ops.ema(st["v"].unsqueeze(-1), g.square(), ops.decay_pair((cfg.beta2,), dev))[..., 0]
-        a = (m[..., 0] / c1) / (torch.sqrt(v / c2) + 1e-8)
-        x = ops.normalize(ops.stack_channels(g, p, m, torch.sqrt(v), a), cfg.norm_eps)
-        r = torch.sqrt(torch.mean(a.square())) if a.numel() else torch.zeros((), dtype=F32, device=dev)
+        g = g.to(F32)
+        d_k, omd_k = ops.decay_pair(self.decays, dev)
+        lead = (slice(None),) + (None,) * g.dim()
+        m = d_k[lead] * st["momenta"] + omd_k[lead] * g[None]
+        (b2,), (omb2,) = ops.decay_pair((cfg.beta2,), dev)
+        v = b2 * st["v"] + omb2 * g.square()
+        sqrt_v = torch.sqrt(v)
+        a = (m[0] / c1) / (torch.sqrt(v / c2) + 1e-8)
+        r = torch.sqrt(mean_square(a)) if a.numel() else torch.zeros((), dtype=F32, device=dev)
         const = torch.cat([tau, r[None]]) if cfg.r_input else tau
         st.update(step=t + 1, momenta=m, v=v)
         if p.numel() == 0:
             return torch.zeros_like(p)
 
-        mlp = self.theta(dev)["mlp"]
-        n_pp = cfg.num_per_parameter
-        bias = ops.first_layer_bias(mlp, const, n_pp)           # MLP([0, c, 0])'s first layer
-        out = ops.mlp_rest(mlp, ops.first_layer_rest(mlp, x, tail) + bias) - ops.mlp_rest(mlp, bias)
-        d, mm = out[..., 0], out[..., 1]
-        D = cfg.nominal * x[..., n_pp - 1] + d
+        n = g.numel()
+        x = torch.cat([g.reshape(1, n), p.to(F32).reshape(1, n), m.reshape(-1, n),
+                       sqrt_v.reshape(1, n), a.reshape(1, n)])     # (C, N): raw channels
+        scale = torch.rsqrt(cfg.norm_eps + torch.linalg.vector_norm(x, dim=1).square() / n)
+        if tail is not None:    # DMD channels, not normalised
+            x = torch.cat([x, tail.reshape(n, -1).T])
+            scale = torch.cat([scale, torch.ones(tail.shape[-1], dtype=F32, device=dev)])
+        d, mm = self.network(self.theta(dev)["mlp"], x, scale, const)
+        i_a = cfg.num_per_parameter - 1
+        D = (cfg.nominal * (a * scale[i_a]) + d.reshape(p.shape))
         if (cfg.orthogonalize and slot.role != "input" and D.dim() >= 2
                 and min(mup.fan_in(D.shape), D.shape[-1]) > 1):
             D = newton_schulz(D, cfg.ns_steps)
-        u = D * torch.rsqrt(1e-12 + torch.mean(D.square())) if cfg.normalize_output else D
+        u = D * torch.rsqrt(1e-12 + mean_square(D)) if cfg.normalize_output else D
         if cfg.adam_scale:
             u = u * r
         k = cfg.noise_exponent(p.dim())
@@ -133,24 +171,25 @@ class NormMLPRule(Rule):
             if cfg.noise_per_parameter:   # each |a_i| (Adam's direction), at most 1
                 base = torch.clamp(a.abs(), max=1.0)
             u = u * torch.pow(torch.clamp(base, min=1e-12), k)
-        live = (torch.sum(x[..., 0].square()) > 0).to(F32)
+        gg = torch.dot(g.reshape(-1), g.reshape(-1))
+        live = (gg > 0).to(F32)
         mag = torch.exp(cfg.max_log_scale * torch.tanh(torch.mean(mm)))
         if cfg.cosine_floor < 1.0 and float(tau[1]) > 0:
             f = cfg.cosine_floor
             mag = mag * (f + (1.0 - f) * 0.5 * (1.0 + torch.cos(torch.pi * tau[0])))
-        scale = (mup.step_scale(tuple(p.shape), cfg.mup_base_fan_in, slot.role, cfg.mup_power,
-                                cfg.mup_power_wide_only) if cfg.mup else 1.0)
-        H, n = cfg.trained_horizon, slot.num_steps
-        horizon = (torch.pow(torch.tensor(H, dtype=F32) / torch.tensor(n, dtype=F32), cfg.horizon_power)
-                   if 0 < H < n else 1.0)
-        step = ((slot.lr * scale) * horizon) * mag * live * u
+        scale_mup = (mup.step_scale(tuple(p.shape), cfg.mup_base_fan_in, slot.role, cfg.mup_power,
+                                    cfg.mup_power_wide_only) if cfg.mup else 1.0)
+        H, n_steps = cfg.trained_horizon, slot.num_steps
+        horizon = (torch.pow(torch.tensor(H, dtype=F32) / torch.tensor(n_steps, dtype=F32),
+                             cfg.horizon_power) if 0 < H < n_steps else 1.0)
+        step = ((slot.lr * scale_mup) * horizon) * mag * live * u
         if cfg.weight_decay and p.dim() >= 2:
             step = step + slot.lr * cfg.weight_decay * p
         beta, lo, hi = cfg.hypergrad_limits(p.dim())
-        if beta > 0 and p.numel() > 0:
-            g0, prev = x[..., 0], st["prev_step"]
-            cos = torch.sum(g0 * prev) * torch.rsqrt(torch.clamp(
-                torch.sum(g0.square()) * torch.sum(prev.square()), min=1e-30))
+        if beta > 0:
+            prev = st["prev_step"]
+            g1, p1 = g.reshape(-1), prev.reshape(-1)
+            cos = torch.dot(g1, p1) * torch.rsqrt(torch.clamp(gg * torch.dot(p1, p1), min=1e-30))
             ell = torch.clamp(st["log_scale"] + beta * cos, lo, hi)
             step = step * torch.exp(ell)
             st.update(log_scale=ell, prev_step=step.detach().clone())

@@ -139,9 +139,25 @@ class LearnedOptim(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's, keeping the state float32: torch casts floating state to each parameter's
-        dtype; the learned step keeps its accumulators in float32 whatever the parameters'."""
+        dtype; the learned step keeps its accumulators in float32 whatever the parameters'. A
+        state whose tensors are not shaped as this optimizer keeps them (another architecture or
+        config, or the bridge's layout before 2026-12-03) is refused with one line, before
+        anything is loaded."""
+        slots = [(p, g["layout"]) for g in self.param_groups for p in g["params"]]
+        for i, saved in state_dict.get("state", {}).items():
+            if not (isinstance(i, int) and 0 <= i < len(slots)) or not isinstance(saved, dict):
+                continue
+            p, layout = slots[i]
+            want = self.rule.initial_state(L.to_haiku(p.detach().to(torch.float32), layout))
+            for key, v in saved.items():
+                w = want.get(key)
+                if torch.is_tensor(v) and torch.is_tensor(w) and tuple(v.shape) != tuple(w.shape):
+                    raise LearnedOptError(
+                        f"state_dict: parameter {i}'s {key!r} has shape {tuple(v.shape)}, this "
+                        f"{self.architecture} optimizer keeps {tuple(w.shape)} (a state saved by "
+                        "another architecture, config or version of the bridge)")
         super().load_state_dict(state_dict)
-        params = [p for g in self.param_groups for p in g["params"]]
+        params = [p for p, _ in slots]
         for i, saved in state_dict["state"].items():
             if isinstance(i, int) and 0 <= i < len(params):
                 p = params[i]
