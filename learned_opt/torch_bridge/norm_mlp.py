@@ -136,11 +136,8 @@ class NormMLPRule(Rule):
         tail = self.dmd_inputs(slot)
 
         g = g.to(F32)
-        d_k, omd_k = ops.decay_pair(self.decays, dev)
-        lead = (slice(None),) + (None,) * g.dim()
-        m = d_k[lead] * st["momenta"] + omd_k[lead] * g[None]
-        (b2,), (omb2,) = ops.decay_pair((cfg.beta2,), dev)
-        v = b2 * st["v"] + omb2 * g.square()
+        m = ops.ema(st["momenta"], g, ops.decay_pair(self.decays, dev), channels_first=True)
+        v = ops.ema(st["v"][None], g.square(), ops.decay_pair((cfg.beta2,), dev), channels_first=True)[0]
         sqrt_v = torch.sqrt(v)
         a = (m[0] / c1) / (torch.sqrt(v / c2) + 1e-8)
         r = torch.sqrt(mean_square(a)) if a.numel() else torch.zeros((), dtype=F32, device=dev)
@@ -158,7 +155,7 @@ class NormMLPRule(Rule):
             scale = torch.cat([scale, torch.ones(tail.shape[-1], dtype=F32, device=dev)])
         d, mm = self.network(self.theta(dev)["mlp"], x, scale, const)
         i_a = cfg.num_per_parameter - 1
-        D = (cfg.nominal * (a * scale[i_a]) + d.reshape(p.shape))
+        D = cfg.nominal * (a * scale[i_a]) + d.reshape(p.shape)
         if (cfg.orthogonalize and slot.role != "input" and D.dim() >= 2
                 and min(mup.fan_in(D.shape), D.shape[-1]) > 1):
             D = newton_schulz(D, cfg.ns_steps)

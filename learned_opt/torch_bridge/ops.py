@@ -44,10 +44,15 @@ def decay_pair(decays: Sequence[float], device=None) -> tuple[torch.Tensor, torc
     return tensor(d64, device), tensor(1.0 - d64, device)
 
 
-def ema(acc: torch.Tensor, x: torch.Tensor, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """``beta * acc + (1 - beta) * x`` on the trailing (decay) axis of ``acc``."""
+def ema(acc: torch.Tensor, x: torch.Tensor, pair: tuple[torch.Tensor, torch.Tensor],
+        channels_first: bool = False) -> torch.Tensor:
+    """``beta * acc + (1 - beta) * x`` on the trailing (decay) axis of ``acc``; on its leading
+    axis with ``channels_first`` (``features.update_momenta``'s two layouts)."""
     d, omd = pair
     x = x.to(F32)
+    if channels_first:
+        lead = (slice(None),) + (None,) * (acc.dim() - 1)
+        return d[lead] * acc + omd[lead] * (x[None] if x.dim() == acc.dim() - 1 else x)
     if x.dim() == acc.dim() - 1:
         x = x.unsqueeze(-1)
     return d * acc + omd * x
