@@ -234,9 +234,13 @@ NAMED_CONFIGS: dict[str, TrainConfig] = {
        if (arch, suffix) != ("mlp", "")},
     "general": TrainConfig(
         # trained_horizon = max_episode_length: runs longer than any episode take smaller steps;
-        # input_names: embedding tables are muP input weights (char_lstm's)
+        # input_names: embedding tables are muP input weights (char_lstm's); cosine_floor and
+        # max_log_scale as the shipped file was meta-trained (since general_v3 and v4), so that this config
+        # is the shipped recipe (the shipped file's test-time controllers are set after training)
         architecture="norm_mlp", lopt_config={"orthogonalize": True, "trained_horizon": 2000,
-                                              "input_names": ["embed"]}, estimator="pes", num_pairs=4, truncation_length=20,
+                                              "input_names": ["embed"], "cosine_floor": 0.1,
+                                              "max_log_scale": 3.0},
+        estimator="pes", num_pairs=4, truncation_length=20,
         min_episode_length=100, max_episode_length=2000, hide_length=0.2, meta_loss="log",
         meta_lr=1e-3, meta_lr_final=1e-4, outer_steps=10000, eval_every=500, eval_steps=400,
         checkpoint_every=25, families=GENERAL_FAMILIES,
