@@ -45,7 +45,7 @@ ONE_FAMILY = (dict(GENERAL_FAMILIES[0], num_pairs=sum(f.get("num_pairs", 4) for 
 
 # variant -> (what is switched, config overrides)
 VARIANTS = {
-    "full": ("everything as shipped", {}),
+    "full": ("the shipped meta-training recipe (config `general`)", {}),
     "no_output_norm": ("output step not normalised per tensor", _lopt(normalize_output=False)),
     "no_mup": ("no muP step scaling (s = 1 for every tensor)", _lopt(mup=False)),
     "no_time": ("no fraction-of-training features (horizon always hidden)", {"hide_length": 1.0}),
@@ -80,6 +80,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--max-tasks", type=int, default=2)
     p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--reference-cache", default=None,
+                   help="keep tuned Adam's runs here for the next bench of the same suites "
+                        "(e.g. runs/refcache; the scores are the same with or without it)")
     args = p.parse_args(argv)
     compile_cache.enable()
     from meta_train.evaluation.bench import run_bench
@@ -106,7 +109,7 @@ def main(argv=None) -> int:
     paths = [os.path.join(args.out, n, OPTIMIZER_FILE) for n in names]
     r = run_bench(paths, args.suite or list(SUITES), out_dir=os.path.join(args.out, "bench"),
                   seeds=args.seeds, max_tasks=args.max_tasks, baselines=(), guard=False,
-                  progress=lambda m: print("  bench", m, flush=True),
+                  progress=lambda m: print("  bench", m, flush=True), reference_cache=args.reference_cache,
                   command="python benchmarks/ablation.py " + " ".join(argv or sys.argv[1:]))
     by_label = {row["optimizer"]: row for row in r["leaderboard"]}
     from meta_train.evaluation.compare import load_entries
