@@ -38,3 +38,38 @@ def test_lr_multiples_reports_a_ratio_per_multiple():
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_benchmark_explains_itself(script):
     assert "usage:" in run(script, "--help", timeout=120)
+
+
+def test_ablation_variants_switch_one_ingredient_at_equal_population():
+    """Each ablation variant is config ``general`` with one ingredient switched, the same outer
+    steps and seed, and the same number of particles (the same population); every
+    variant's config is valid as a training config."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import ablation
+    finally:
+        sys.path.remove(os.path.join(ROOT, "benchmarks"))
+    from meta_train.config import TrainConfig
+    import json
+    full = ablation.variant_config("full", 30, 7)
+    assert (full.outer_steps, full.seed) == (30, 7)
+
+    def particles(cfg):
+        return sum(e.num_pairs if e.num_pairs is not None else cfg.num_pairs for e in cfg.family_entries())
+
+    base = json.loads(full.to_json())
+    for name in ablation.VARIANTS:
+        cfg = ablation.variant_config(name, 30, 7)
+        TrainConfig.from_dict(json.loads(cfg.to_json()))   # round-trips and validates
+        assert particles(cfg) == particles(full), name
+        d = json.loads(cfg.to_json())
+        changed = {k for k in base if d[k] != base[k]}
+        if name == "full":
+            assert not changed
+        elif "lopt_config" in changed:
+            assert changed == {"lopt_config"}, name
+            inner = {k for k in base["lopt_config"].keys() | d["lopt_config"].keys()
+                     if base["lopt_config"].get(k) != d["lopt_config"].get(k)}
+            assert 1 <= len(inner) <= 2, (name, inner)   # dmd sets window and rank
+        else:
+            assert len(changed) == 1, (name, changed)
