@@ -62,3 +62,13 @@ def test_every_field_has_a_checked_type():
             options = [o for o in (typing.get_args(kind) or (kind,)) if o is not type(None)]
             assert len(options) == 1 and options[0] in (int, float, bool, str, dict, tuple), (cls, name)
     assert {f.name for f in dataclasses.fields(TrainConfig)} >= {"outer_steps", "sigma", "families"}
+
+
+def test_general_fast_is_the_general_recipe_on_short_episodes():
+    """The laptop-budget config changes only the episode range and the budget (the ablation's
+    `short_episodes` variant, docs/ablation.md); everything else follows `general`."""
+    general, fast = get_config("general"), get_config("general_fast")
+    changed = {f.name for f in dataclasses.fields(TrainConfig)
+               if getattr(general, f.name) != getattr(fast, f.name)}
+    assert changed == {"max_episode_length", "outer_steps", "eval_every", "description"}
+    assert (fast.min_episode_length, fast.max_episode_length, fast.outer_steps) == (100, 400, 1200)
