@@ -55,7 +55,9 @@ VARIANTS = {
     "no_augment": ("no task augmentation", {"families": NO_AUGMENT}),
     "one_family": ("one family (MLP 32x2 with augmentation) with the whole population",
                    {"families": ONE_FAMILY}),
-    "short_episodes": ("episodes 100-400 steps instead of 100-2000", {"max_episode_length": 400}),
+    # the episode range of config general_fast (one definition of the short range)
+    "short_episodes": ("episodes 100-400 steps instead of 100-2000",
+                       {"max_episode_length": get_config("general_fast").max_episode_length}),
     "nres": ("NRES instead of PES", {"estimator": "nres"}),
     "dmd": ("DMD features of the last 8 gradients (rank 3) added", _lopt(dmd_window=8, dmd_rank=3)),
 }
