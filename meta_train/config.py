@@ -212,7 +212,7 @@ GENERAL_FAMILIES = (
                                       "seq_len": 16, "batch_size": 16}, "label": "char_lstm"},
     # character GRUs 96 wide on Python source (wider than the suite's 64: muP's 32 / fan_in left
     # 64-wide recurrent layers under-stepped); recurrent meta-gradients are ~20x smaller than the
-    # MLPs', hence the weight (docs/experiments/general_v5 -> checkpoints/general)
+    # MLPs', hence the weight (docs/experiments/general_v5 -> general_v6)
     {"family": "text_rnn", "kwargs": {"corpus": "stdlib_code", "cell": "gru", "hidden_size": 96,
                                       "seq_len": 16, "batch_size": 32},
      "weight": 4.0, "num_pairs": 3, "label": "gru96"},
@@ -235,8 +235,8 @@ NAMED_CONFIGS: dict[str, TrainConfig] = {
     "general": TrainConfig(
         # trained_horizon = max_episode_length: runs longer than any episode take smaller steps;
         # input_names: embedding tables are muP input weights (char_lstm's); cosine_floor and
-        # max_log_scale as the shipped file was meta-trained (since general_v3 and v4), so that this config
-        # is the shipped recipe (the shipped file's test-time controllers are set after training)
+        # max_log_scale as general v3-v6 were meta-trained, so that this config is their recipe (v6 was
+        # shipped until 2026-12-04: docs/experiments/general_v6_shipped; the shipped file is now general_fast's)
         architecture="norm_mlp", lopt_config={"orthogonalize": True, "trained_horizon": 2000,
                                               "input_names": ["embed"], "cosine_floor": 0.1,
                                               "max_log_scale": 3.0},
@@ -244,7 +244,7 @@ NAMED_CONFIGS: dict[str, TrainConfig] = {
         min_episode_length=100, max_episode_length=2000, hide_length=0.2, meta_loss="log",
         meta_lr=1e-3, meta_lr_final=1e-4, outer_steps=10000, eval_every=500, eval_steps=400,
         checkpoint_every=25, families=GENERAL_FAMILIES,
-        description="The general optimizer: norm_mlp (normalised, muP-scaled, time-conditioned, "
+        description="The general optimizer on long episodes (the recipe of general v2-v6): norm_mlp (normalised, muP-scaled, time-conditioned, "
                     "Newton-Schulz orthogonalised matrix steps) meta-trained with PES on a mixture of 8 families (MLPs of widths 16-256 and "
                     "depths 1-2, one with augmentation, conv nets, quadratics, character LSTMs and GRUs), "
                     "episodes 100-2000 steps, log meta-loss."),
@@ -271,9 +271,10 @@ NAMED_CONFIGS: dict[str, TrainConfig] = {
 # at the shipped rule's level without its controllers (IQM 2.35 vs 2.26 over 15 suites)
 NAMED_CONFIGS["general_fast"] = NAMED_CONFIGS["general"].replace(
     max_episode_length=400, outer_steps=1200, eval_every=200,
-    description="The general recipe on a laptop budget: as general, with episodes 100-400 steps and "
-                "1,200 outer steps (about 23 minutes on 2 CPU cores); benched at the level of the shipped "
-                "general without its test-time controllers (docs/ablation.md).")
+    description="The general optimizer on short episodes: norm_mlp (normalised, muP-scaled, time-conditioned, "
+                "Newton-Schulz orthogonalised matrix steps) meta-trained with PES on general's mixture of 8 "
+                "families, episodes 100-400 steps, log meta-loss; 1,200 outer steps (about 23 minutes on 2 CPU "
+                "cores). The shipped general is this recipe at 3,600 outer steps.")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -104,14 +104,16 @@ def bench_section(bench_dir: str, label: str, dest: str) -> list[str]:
         return []
     rel = os.path.relpath(os.path.join(bench_dir, "leaderboard.md"), dest)
     try:
-        guards = json.load(open(os.path.join(bench_dir, "bench.json")))["settings"].get("guards", [])
+        settings = json.load(open(os.path.join(bench_dir, "bench.json")))["settings"]
     except (OSError, ValueError, KeyError):
-        guards = []
+        settings = {}
+    guards, held_out = settings.get("guards", []), bool(settings.get("held_out"))
     how = ("unguarded and behind " + " and ".join(f"the {g} guard" for g in guards) if guards
            else "unguarded (`--no-guard`)")
-    return [BENCH_HEADING, "", f"From the [leaderboard]({rel}) (`lopt bench`: {how}, against tuned Adam "
-            "on every named suite; its command and settings, per-suite intervals and cost per step "
-            "there):", ""] + rows + [""]
+    where = "held-out tasks of the suites benched" if held_out else "the suites benched"
+    return [BENCH_HEADING, "", f"From the [{'held-out ' if held_out else ''}leaderboard]({rel}) "
+            f"(`lopt bench{' --held-out' if held_out else ''}`: {how}, against tuned Adam on {where}; "
+            "its command and settings, per-suite intervals and cost per step there):", ""] + rows + [""]
 
 
 def update_card_bench(name: str, bench_dir: str, root: str = "checkpoints") -> str:

@@ -101,7 +101,7 @@ def test_general_extrapolates_from_its_own_longest_episode():
     import dataclasses
     lopt, theta, meta = learned_opt.load("general")
     H = meta["train_config"]["max_episode_length"]
-    assert lopt.config.trained_horizon == H == 2000
+    assert lopt.config.trained_horizon == H == 400
     off = type(lopt)(dataclasses.replace(lopt.config, trained_horizon=0))
     params = {"w": jnp.full((4, 3), 0.5), "b": jnp.zeros(3)}
     grads = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3), "b": jnp.ones(3)}

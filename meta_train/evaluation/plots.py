@@ -32,6 +32,9 @@ def plot_meta_training(records: list[dict], path: str) -> None:
             axes[1].plot(s, [r.get(f"{fam}/eval_mean_loss", np.nan) for r in evals], lw=0.8, alpha=0.8,
                          label=fam)
         axes[1].legend(fontsize=7 if families else None)
+    else:
+        axes[1].text(0.5, 0.5, "no evaluation in this run\n(eval_every 0)", ha="center", va="center",
+                     transform=axes[1].transAxes, color="0.4")
     axes[1].set(title="held-out evaluation (normalised loss)", xlabel="outer step")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
