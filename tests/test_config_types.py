@@ -70,5 +70,7 @@ def test_general_fast_is_the_general_recipe_on_short_episodes():
     general, fast = get_config("general"), get_config("general_fast")
     changed = {f.name for f in dataclasses.fields(TrainConfig)
                if getattr(general, f.name) != getattr(fast, f.name)}
-    assert changed == {"max_episode_length", "outer_steps", "eval_every", "description"}
+    assert changed == {"max_episode_length", "outer_steps", "eval_every", "description", "lopt_config"}
     assert (fast.min_episode_length, fast.max_episode_length, fast.outer_steps) == (100, 400, 1200)
+    # the optimizer's own horizon is its longest episode (only runs longer than that see it)
+    assert fast.lopt_config == {**general.lopt_config, "trained_horizon": fast.max_episode_length}
