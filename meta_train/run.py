@@ -56,8 +56,9 @@ def _resolve_config(out_dir: str, config: TrainConfig, resume: bool) -> TrainCon
     if resume and os.path.exists(cfg_path):
         with open(cfg_path) as f:
             saved = TrainConfig.from_dict(json.load(f))
-        # Only the length of the run may change on resume.
-        if saved.replace(outer_steps=config.outer_steps) != config:
+        # Only the length of the run may change on resume (and the description, which is prose: a
+        # named config's wording may change between the start and the resume).
+        if saved.replace(outer_steps=config.outer_steps, description=config.description) != config:
             raise ConfigError(f"--resume: {out_dir} was started with another config "
                               f"(see {cfg_path}); only outer_steps may change")
     return config

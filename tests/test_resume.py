@@ -58,6 +58,11 @@ def test_existing_run_needs_resume_flag(tmp_path):
     with pytest.raises(ConfigError, match="another config"):
         train(CFG.replace(outer_steps=4, sigma=0.5, eval_every=0), str(tmp_path / "r"),
               resume=True, progress=False)
+    # a reworded description is not another config: the run resumes
+    train(CFG.replace(outer_steps=3, eval_every=0, description="reworded"), str(tmp_path / "r"),
+          resume=True, progress=False)
+    with open(tmp_path / "r" / "config.json") as f:
+        assert json.load(f)["outer_steps"] == 3
 
 
 def test_training_state_file_is_checked(tmp_path):
