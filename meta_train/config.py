@@ -270,10 +270,11 @@ NAMED_CONFIGS: dict[str, TrainConfig] = {
 # equal compute it learns much faster than 100-2000 (docs/ablation.md), and at 1,200 outer steps it benched
 # at v6's level without its controllers (IQM 2.35 vs 2.26 over 15 suites). Run to 3,600 outer steps and
 # given v6's test-time controllers it is the shipped general, v7 (checkpoints/general/MODEL_CARD.md)
+_SHORT_EPISODE = 400
 NAMED_CONFIGS["general_fast"] = NAMED_CONFIGS["general"].replace(
-    max_episode_length=400, outer_steps=1200, eval_every=200,
+    max_episode_length=_SHORT_EPISODE, outer_steps=1200, eval_every=200,
     # runs longer than its longest episode take smaller steps (no effect during meta-training)
-    lopt_config={**NAMED_CONFIGS["general"].lopt_config, "trained_horizon": 400},
+    lopt_config={**NAMED_CONFIGS["general"].lopt_config, "trained_horizon": _SHORT_EPISODE},
     description="The general optimizer on short episodes: norm_mlp (normalised, muP-scaled, time-conditioned, "
                 "Newton-Schulz orthogonalised matrix steps) meta-trained with PES on general's mixture of 8 "
                 "families, episodes 100-400 steps, log meta-loss; 1,200 outer steps (about 23 minutes on 2 CPU "

@@ -65,8 +65,9 @@ def test_every_field_has_a_checked_type():
 
 
 def test_general_fast_is_the_general_recipe_on_short_episodes():
-    """The laptop-budget config changes only the episode range and the budget (the ablation's
-    `short_episodes` variant, docs/ablation.md); everything else follows `general`."""
+    """The laptop-budget config changes only the episode range, the budget and the optimizer's horizon
+    that follows the range (the ablation's `short_episodes` variant, docs/ablation.md); everything else
+    follows `general`."""
     general, fast = get_config("general"), get_config("general_fast")
     changed = {f.name for f in dataclasses.fields(TrainConfig)
                if getattr(general, f.name) != getattr(fast, f.name)}
