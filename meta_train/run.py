@@ -60,7 +60,7 @@ def _resolve_config(out_dir: str, config: TrainConfig, resume: bool) -> TrainCon
         # named config's wording may change between the start and the resume).
         if saved.replace(outer_steps=config.outer_steps, description=config.description) != config:
             raise ConfigError(f"--resume: {out_dir} was started with another config "
-                              f"(see {cfg_path}); only outer_steps may change")
+                              f"(see {cfg_path}); only outer_steps (and the description) may change")
     return config
 
 
