@@ -280,6 +280,23 @@ NAMED_CONFIGS["general_fast"] = NAMED_CONFIGS["general"].replace(
                 "families, episodes 100-400 steps, log meta-loss; 1,200 outer steps (about 23 minutes on 2 CPU "
                 "cores). The shipped general is this recipe at 3,600 outer steps.")
 
+# The mixture with more conv and attention variety: 1-D conv nets twice as wide with width-5 kernels,
+# and a character transformer (the text_transformer suite's architecture) on Python source, not the
+# suite's docstrings (as the character LSTMs and GRUs above are on source and the text_rnn suite on
+# docstrings). Fine-tuning v7 (the shipped general of 2026-12-04, archived in
+# docs/experiments/general_v7) on it for 1,000 outer steps at a lower meta-learning rate.
+BROAD_FAMILIES = GENERAL_FAMILIES + (
+    {"family": "mnist1d_conv", "kwargs": {"channels": [16, 32], "kernel": 5}, "label": "conv1d_wide"},
+    {"family": "text_transformer", "kwargs": {"corpus": "stdlib_code"}, "label": "attn_code"},
+)
+NAMED_CONFIGS["general_broad"] = NAMED_CONFIGS["general_fast"].replace(
+    families=BROAD_FAMILIES, init_from="docs/experiments/general_v7/optimizer.npz",
+    meta_lr=3e-4, meta_lr_final=1e-4, outer_steps=1000, eval_every=0, checkpoint_every=50,
+    description="general v7 fine-tuned on a broader mixture of 10 families (general's 8, 1-D conv nets "
+                "16/32 channels with width-5 kernels, a character transformer on Python source), "
+                "episodes 100-400 steps, 1,000 outer steps at meta-learning rate 3e-4 -> 1e-4 (about "
+                "50 minutes on 2 CPU cores).")
+
 
 def parse_override(text: str) -> tuple[str, Any]:
     """'key=value' with value parsed as JSON when possible, else kept as a string."""
