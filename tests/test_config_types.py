@@ -5,6 +5,8 @@ float (``outer_steps=1e4``) is the integer."""
 import dataclasses
 import typing
 
+import numpy as np
+
 import pytest
 
 from meta_train.config import ConfigError, FamilyEntry, TrainConfig, get_config
@@ -75,3 +77,24 @@ def test_general_fast_is_the_general_recipe_on_short_episodes():
     assert (fast.min_episode_length, fast.max_episode_length, fast.outer_steps) == (100, 400, 1200)
     # the optimizer's own horizon is its longest episode (only runs longer than that see it)
     assert fast.lopt_config == {**general.lopt_config, "trained_horizon": fast.max_episode_length}
+
+
+def test_general_broad_fine_tunes_v7_on_the_mixture_plus_two_families():
+    """The shipped general's recipe (v8): general_fast's rule and episodes, its eight families first and
+    unchanged, then two more (wider 1-D convs, a transformer on source code), started from the archived
+    v7 file, which must load as the same architecture with the same meta-parameter shapes."""
+    import jax
+    import learned_opt
+    fast, broad = get_config("general_fast"), get_config("general_broad")
+    changed = {f.name for f in dataclasses.fields(TrainConfig)
+               if getattr(fast, f.name) != getattr(broad, f.name)}
+    assert changed == {"families", "init_from", "meta_lr", "outer_steps", "eval_every",
+                       "checkpoint_every", "description"}
+    assert broad.families[:len(fast.families)] == fast.families
+    added = [(e["family"], e.get("kwargs", {}).get("corpus")) for e in broad.families[len(fast.families):]]
+    assert added == [("mnist1d_conv", None), ("text_transformer", "stdlib_code")]
+    assert broad.meta_lr < fast.meta_lr and broad.meta_lr_final == fast.meta_lr_final
+    v7, theta, _ = learned_opt.load(broad.init_from)
+    lopt, theta8, _ = learned_opt.load("general")
+    assert v7.architecture == lopt.architecture == broad.architecture
+    assert jax.tree.map(np.shape, theta) == jax.tree.map(np.shape, theta8)
