@@ -6,7 +6,6 @@ import dataclasses
 import typing
 
 import numpy as np
-
 import pytest
 
 from meta_train.config import ConfigError, FamilyEntry, TrainConfig, get_config
