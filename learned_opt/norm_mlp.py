@@ -12,6 +12,8 @@ updated with the current g first:
     tau  = [min(t / N, 1), 1] if N > 0 else [0, 0]              fraction of training, "known"
     r    = sqrt(mean_tensor(a^2))                               (``adam_scale`` only)
     c    = [tau, r] if adam_scale or noise_input else tau       the same for the whole tensor
+    c   <- [c, sigma]                           (``scale_input``: sigma = clip(log(sqrt(fan_in *
+                                                 mean_tensor(p^2))), -3, 3) for ndim >= 2, else 0)
     d, m = MLP([x, c]) - MLP([0, c])                            zero inputs give a zero step
     D    = nominal * a_n + d                    (a_n: the normalised channel a; nominal Adam term)
     D   <- NewtonSchulz(D)                      (``orthogonalize``, matrices, not input weights)
@@ -96,8 +98,14 @@ without scaling the step by it: the per-tensor normalisation hides how noisy a t
 is (every channel has RMS 1), and ``r`` is the one number that says it, so the rule can learn when
 to anneal under noise (as ``noise_power`` did by a fixed power, which hurt tasks where noisy steps
 pay) instead of being told; a rule saved without it is fine-tuned with it from a zero first-layer
-row for ``r`` (``adapt_theta``), starting from exactly its steps. Inputs: ``5 + len(decays)`` per parameter plus the 2
-of tau (10 by default; 11 with ``adam_scale`` or ``noise_input``).
+row for ``r`` (``adapt_theta``), starting from exactly its steps. ``scale_input`` gives the network
+each matrix's scale relative to the standard initialisation, ``sigma = log(RMS(p) sqrt(fan_in))``
+(0 at ``p ~ N(0, 1/fan_in)``, clipped to [-3, 3]; 0 for vectors and scalars): per-tensor
+normalisation hides it too, and a trained rule's steps are the same absolute size on a net
+initialised at 0.5x or 2x the standard scale (on the held-out transformers v8's steps were ~2x too
+large on the ones initialised large and about right on the small ones); adapted from a rule
+without it by a zero first-layer row like ``r``'s. Inputs: ``5 + len(decays)`` per parameter plus the 2
+of tau (10 by default; one more with ``adam_scale`` or ``noise_input``, one more with ``scale_input``).
 
 Computed channels first (the same function): the momenta are kept as ``(K,) + p.shape``, a tensor's
 inputs are :class:`TensorInputs` (the raw channels stacked on a leading axis, their normalisation
@@ -181,6 +189,7 @@ class NormMLPConfig(LOptConfig):
     max_log_scale: float = 2.0        # per-tensor magnitude in [e^-2, e^2]
     adam_scale: bool = False          # step RMS = RMS of Adam's direction (see the docstring)
     noise_input: bool = False         # the network sees r (per tensor) without the step being scaled by it
+    scale_input: bool = False         # the network sees sigma, each matrix's log scale vs 1/sqrt(fan_in)
     noise_power: float = 0.0          # > 0: step times r^noise_power (r not a network input)
     noise_power_vectors: float = 0.0  # > 0: vectors' and scalars' power instead (matrices keep noise_power)
     noise_per_parameter: bool = False  # the power's base is each parameter's |a_i|, not the tensor's r
@@ -219,6 +228,7 @@ class NormMLPConfig(LOptConfig):
         yield "adam_scale", isinstance(self.adam_scale, bool), "true or false"
         yield "noise_input", isinstance(self.noise_input, bool) and not (
             self.noise_input and self.adam_scale), "true or false, and false with adam_scale (which has r as an input)"
+        yield "scale_input", isinstance(self.scale_input, bool), "true or false"
         yield "noise_power", is_real(self.noise_power) and self.noise_power >= 0 and not (
             self.noise_power > 0 and self.adam_scale), ">= 0, and 0 with adam_scale (which uses r^1)"
         yield "noise_power_vectors", is_real(self.noise_power_vectors) and self.noise_power_vectors >= 0 \
@@ -279,9 +289,9 @@ class NormMLPConfig(LOptConfig):
 
     @property
     def num_constant(self) -> int:
-        """Channels the same for every parameter of a tensor: tau, and r with ``adam_scale`` or
-        ``noise_input``."""
-        return NUM_TIME + int(self.r_input)
+        """Channels the same for every parameter of a tensor: tau, r with ``adam_scale`` or
+        ``noise_input``, sigma with ``scale_input``."""
+        return NUM_TIME + int(self.r_input) + int(self.scale_input)
 
     @property
     def num_inputs(self) -> int:
@@ -328,6 +338,18 @@ def hypergrad_scale(g: Array, step: Array, prev: Array, ell: Array,
     return step * jnp.exp(ell), ell
 
 
+SCALE_BOUND = 3.0   # |sigma| <= this
+
+
+def scale_feature(p: Array) -> Array:
+    """``sigma = clip(log(sqrt(fan_in * mean(p^2))), -3, 3)`` for ``ndim >= 2`` (0 at the standard
+    scale ``RMS(p) = 1/sqrt(fan_in)``; -3 for an all-zero matrix), 0 for vectors and scalars."""
+    if jnp.ndim(p) < 2 or jnp.size(p) == 0:
+        return jnp.zeros((), jnp.float32)
+    ms = mup.fan_in(jnp.shape(p)) * jnp.mean(jnp.square(p.astype(jnp.float32)))
+    return jnp.clip(0.5 * jnp.log(jnp.maximum(ms, 1e-30)), -SCALE_BOUND, SCALE_BOUND)
+
+
 def adam_rms(a: Array) -> Array:
     """``r = sqrt(mean(a^2))`` over one tensor (0 for an empty one)."""
     return jnp.sqrt(jnp.mean(jnp.square(a))) if a.size else jnp.zeros((), jnp.float32)
@@ -351,25 +373,38 @@ class NormMLP(LearnedOptimizer):
         return {"mlp": init_step_mlp(key, cfg.num_inputs, cfg.hidden_sizes, cfg.output_init_scale)}
 
     def adapt_theta(self, theta, source):
-        """A ``norm_mlp`` without r as an input -> this one with ``noise_input``: the first layer
-        gets a zero row for r (after tau), so the adapted rule takes exactly the source's steps
-        and fine-tuning starts from them. None for any other difference."""
-        if not (isinstance(source, NormMLP) and self.config.noise_input
-                and not source.config.r_input):
+        """A ``norm_mlp`` without r (``noise_input``) and/or sigma (``scale_input``) as inputs ->
+        this one with them: the first layer gets a zero row for each added channel (r after tau,
+        sigma after r), so the adapted rule takes exactly the source's steps and fine-tuning starts
+        from them. None for any other difference."""
+        if not isinstance(source, NormMLP):
             return None
         mine, theirs = self.config, source.config
-        if dataclasses.replace(theirs, noise_input=True).num_inputs != mine.num_inputs or \
+        add_r = mine.noise_input and not theirs.r_input
+        add_s = mine.scale_input and not theirs.scale_input
+        if not (add_r or add_s) or (theirs.r_input and not mine.r_input) or \
+                (theirs.scale_input and not mine.scale_input):
+            return None
+        bridged = dataclasses.replace(theirs, noise_input=theirs.noise_input or add_r,
+                                      scale_input=mine.scale_input)
+        if bridged.num_inputs != mine.num_inputs or \
                 tuple(theirs.hidden_sizes) != tuple(mine.hidden_sizes):
             return None
         first = theta["mlp"]["linear_0"]
-        at = mine.num_per_parameter + NUM_TIME
         w = jnp.asarray(first["w"])
-        w = jnp.concatenate([w[:at], jnp.zeros((1, w.shape[1]), w.dtype), w[at:]], axis=0)
+        zero = jnp.zeros((1, w.shape[1]), w.dtype)
+        src = theirs.num_per_parameter + NUM_TIME     # the source's rows up to its tau
+        rows = [w[:src]]
+        for want, have in ((mine.r_input, theirs.r_input), (mine.scale_input, theirs.scale_input)):
+            if want:
+                rows.append(w[src:src + 1] if have else zero)
+            src += int(have)
+        w = jnp.concatenate(rows + [w[src:]], axis=0)
         return {**theta, "mlp": {**theta["mlp"], "linear_0": {**first, "w": w}}}
 
     def constant_channels(self) -> tuple[int, int]:
-        """tau, and r with ``adam_scale`` or ``noise_input`` (the same for every parameter of a
-        tensor)."""
+        """tau, r with ``adam_scale`` or ``noise_input``, sigma with ``scale_input`` (the same for
+        every parameter of a tensor)."""
         a = self.config.num_per_parameter
         return a, a + self.config.num_constant
 
@@ -405,6 +440,8 @@ class NormMLP(LearnedOptimizer):
             x = F.stack_channels(g, p.astype(jnp.float32), m, jnp.sqrt(v), a, channels_first=True)
             r = adam_rms(a)
             const = jnp.concatenate([tau, r[None]]) if cfg.r_input else tau
+            if cfg.scale_input:
+                const = jnp.concatenate([const, scale_feature(p)[None]])
             return TensorInputs(x, F.second_moment_scales(x, cfg.norm_eps), const), m, v, r
 
         out = jax.tree.map(one, state.momenta, state.v, grads, params)
@@ -498,4 +535,4 @@ class NormMLP(LearnedOptimizer):
 
 
 __all__ = ["NormMLP", "NormMLPConfig", "NormMLPState", "TensorInputs", "adam_rms", "cosine_factor", "fraction_features",
-           "horizon_factor", "hypergrad_scale"]
+           "horizon_factor", "hypergrad_scale", "scale_feature"]

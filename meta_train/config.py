@@ -297,6 +297,12 @@ NAMED_CONFIGS["general_broad"] = NAMED_CONFIGS["general_fast"].replace(
                 "episodes 100-400 steps, 1,000 outer steps at meta-learning rate 3e-4 -> 1e-4 (about "
                 "50 minutes on 2 CPU cores).")
 
+NAMED_CONFIGS["general_broad_scale"] = NAMED_CONFIGS["general_broad"].replace(
+    lopt_config={**NAMED_CONFIGS["general_broad"].lopt_config, "scale_input": True},
+    description="general_broad (v8's recipe) with each matrix's log scale against the standard "
+                "initialisation as one more rule input (norm_mlp scale_input), its first-layer row "
+                "starting at zero from v7; the same 1,000 outer steps (about 35 minutes on 2 CPU cores).")
+
 
 def parse_override(text: str) -> tuple[str, Any]:
     """'key=value' with value parsed as JSON when possible, else kept as a string."""

@@ -97,3 +97,23 @@ def test_general_broad_fine_tunes_v7_on_the_mixture_plus_two_families():
     lopt, theta8, _ = learned_opt.load("general")
     assert v7.architecture == lopt.architecture == broad.architecture
     assert jax.tree.map(np.shape, theta) == jax.tree.map(np.shape, theta8)
+
+
+def test_general_broad_scale_is_v8s_recipe_with_the_scale_input_started_from_v7():
+    """The scale-input ablation of v8's recipe: only the rule's ``scale_input`` differs (and the
+    description); v7 loads into it through a zero first-layer row for sigma (``adapt_theta``), so
+    meta-training starts from exactly v7's steps."""
+    import learned_opt
+    from meta_train.trainer import initial_theta
+    broad, scaled = get_config("general_broad"), get_config("general_broad_scale")
+    changed = {f.name for f in dataclasses.fields(TrainConfig)
+               if getattr(broad, f.name) != getattr(scaled, f.name)}
+    assert changed == {"lopt_config", "description"}
+    assert scaled.lopt_config == {**broad.lopt_config, "scale_input": True}
+    lopt = learned_opt.make(scaled.architecture, scaled.lopt_config)
+    theta = initial_theta(scaled, lopt)
+    _, theta7, _ = learned_opt.load(scaled.init_from)
+    w, w7 = np.asarray(theta["mlp"]["linear_0"]["w"]), np.asarray(theta7["mlp"]["linear_0"]["w"])
+    sigma = lopt.constant_channels()[1] - 1
+    assert w.shape[0] == w7.shape[0] + 1 and not w[sigma].any()
+    np.testing.assert_array_equal(np.delete(w, sigma, axis=0), w7)

@@ -32,6 +32,10 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     tau = np.array([min(t / n, 1.0), 1.0]) if n > 0 else np.zeros(2)
     r = np.sqrt(np.mean(a ** 2))
     const = np.append(tau, r) if (cfg.adam_scale or cfg.noise_input) else tau   # r as an input
+    if cfg.scale_input:   # sigma: the matrix's log scale against 1/sqrt(fan_in); 0 for vectors
+        fan_in = np.prod(np.shape(p)[:-1]) if np.ndim(p) >= 2 else 0
+        sigma = np.clip(0.5 * np.log(fan_in * np.mean(np.square(p))), -3, 3) if fan_in else 0.0
+        const = np.append(const, sigma)
     inputs = np.concatenate([x, np.broadcast_to(const, np.shape(p) + const.shape)], axis=-1)
     d, mm = np_mlp(theta["mlp"], inputs)
     d0, m0 = np_mlp(theta["mlp"], np.concatenate([np.zeros(x.shape[-1]), const])[None])
@@ -53,18 +57,20 @@ def np_norm_mlp_step(theta, grads, p, t, n, cfg, scale):
     return step
 
 
-@pytest.mark.parametrize("n, normalize, adam_scale, floor, horizon, noise_power, noise_input", [
-    (0, True, False, 1.0, 0, 0.0, False), (8, True, False, 1.0, 0, 0.0, False),
-    (8, False, False, 1.0, 0, 0.0, False), (8, True, True, 1.0, 0, 0.0, False),
-    (3, True, False, 0.1, 0, 0.0, False), (0, True, False, 0.1, 0, 0.0, False),
-    (8, True, False, 0.1, 2, 0.0, False), (8, True, False, 1.0, 8, 0.0, False),
-    (0, True, False, 1.0, 2, 0.0, False), (8, True, False, 0.1, 0, 0.5, False),
-    (0, False, False, 1.0, 0, 1.0, False), (8, True, False, 0.1, 0, 0.0, True)])
-def test_step_equals_formula(n, normalize, adam_scale, floor, horizon, noise_power, noise_input):
+@pytest.mark.parametrize("n, normalize, adam_scale, floor, horizon, noise_power, noise_input, scale_input", [
+    (0, True, False, 1.0, 0, 0.0, False, False), (8, True, False, 1.0, 0, 0.0, False, False),
+    (8, False, False, 1.0, 0, 0.0, False, False), (8, True, True, 1.0, 0, 0.0, False, False),
+    (3, True, False, 0.1, 0, 0.0, False, False), (0, True, False, 0.1, 0, 0.0, False, False),
+    (8, True, False, 0.1, 2, 0.0, False, False), (8, True, False, 1.0, 8, 0.0, False, False),
+    (0, True, False, 1.0, 2, 0.0, False, False), (8, True, False, 0.1, 0, 0.5, False, False),
+    (0, False, False, 1.0, 0, 1.0, False, False), (8, True, False, 0.1, 0, 0.0, True, False),
+    (8, True, False, 0.1, 0, 0.0, False, True), (8, True, True, 1.0, 0, 0.0, False, True)])
+def test_step_equals_formula(n, normalize, adam_scale, floor, horizon, noise_power, noise_input,
+                             scale_input):
     cfg = NormMLPConfig(output_init_scale=1.0, weight_decay=0.1, lr=0.01, max_log_scale=1.0,
                         normalize_output=normalize, adam_scale=adam_scale, cosine_floor=floor,
                         trained_horizon=horizon, horizon_power=0.7, noise_power=noise_power,
-                        noise_input=noise_input)
+                        noise_input=noise_input, scale_input=scale_input)
     lopt = NormMLP(cfg)
     theta = jax.device_get(lopt.init(jax.random.PRNGKey(3)))
     state = lopt.opt_init(theta, P, n or None)
@@ -442,6 +448,70 @@ def test_noise_input_adapts_a_trained_rule_to_the_same_steps_and_learns_from_r(t
                                same_config=False)
     with pytest.raises(learned_opt.LearnedOptError, match="noise_input"):
         NormMLPConfig(noise_input=True, adam_scale=True)
+
+
+def test_scale_feature_is_the_log_scale_against_the_standard_initialisation():
+    """``sigma = clip(log(sqrt(fan_in * mean(p^2))), -3, 3)`` on matrices (fan-in: all but the last
+    axis), 0 on vectors and scalars: about 0 at ``N(0, 1/fan_in)``, ``log c`` at c times that scale,
+    -3 for a zero matrix, clipped far out. Oracle: numpy."""
+    from learned_opt.norm_mlp import scale_feature
+    rng = np.random.default_rng(0)
+    for shape in ((64, 16), (3, 8, 32)):
+        fan_in = int(np.prod(shape[:-1]))
+        w = rng.standard_normal(shape).astype(np.float32) / np.sqrt(fan_in)
+        want = 0.5 * np.log(fan_in * np.mean(np.square(w.astype(np.float64))))
+        assert abs(want) < 0.1
+        for c in (0.5, 1.0, 2.0):
+            np.testing.assert_allclose(float(scale_feature(jnp.asarray(c * w))), want + np.log(c),
+                                       atol=1e-5)
+        assert float(scale_feature(jnp.asarray(1e3 * w))) == 3.0
+        assert float(scale_feature(jnp.zeros(shape))) == -3.0
+    assert float(scale_feature(jnp.asarray([5.0, -5.0]))) == 0.0
+    assert float(scale_feature(jnp.asarray(7.0))) == 0.0
+
+
+@pytest.mark.parametrize("source_noise", [False, True])
+def test_scale_input_adapts_a_trained_rule_to_the_same_steps_and_sees_the_scale(tmp_path, source_noise):
+    """``scale_input``: sigma is one more constant input (after tau, and after r when the rule has
+    it). A rule saved without it (with or without r) loads into one with it (and with
+    ``noise_input``) through a zero first-layer row per added channel, keeping every other row, so
+    the steps are the saved rule's exactly; a non-zero sigma row changes them, differently at
+    another scale of the same parameters. The reverse (dropping an input) is one clear error."""
+    src_cfg = NormMLPConfig(lr=0.01, output_init_scale=1.0, noise_input=source_noise)
+    base = NormMLP(src_cfg)
+    theta = jax.device_get(base.init(jax.random.PRNGKey(5)))
+    path = str(tmp_path / "rule.npz")
+    learned_opt.save(path, base, theta)
+    new = NormMLP(dataclasses.replace(src_cfg, noise_input=True, scale_input=True))
+    assert new.config.num_inputs == NormMLPConfig().num_inputs + 2
+    adapted = learned_opt.load_theta(path, new, same_config=False)
+    w0, w1 = np.asarray(theta["mlp"]["linear_0"]["w"]), np.asarray(adapted["mlp"]["linear_0"]["w"])
+    tau = base.config.num_per_parameter + 2
+    added = [tau + 1] if source_noise else [tau, tau + 1]   # r's row (when new), then sigma's
+    for i in added:
+        np.testing.assert_array_equal(w1[i], 0.0)
+    np.testing.assert_array_equal(np.delete(w1, added, axis=0), w0)
+    s_b, s_n = base.opt_init(theta, P, 8), new.opt_init(adapted, P, 8)
+    for g in (G1, G2, jax.tree.map(lambda x: -np.asarray(x), G1)):
+        p_b, s_b = base.opt_update(theta, s_b, g, P, 0.0, KEY)
+        p_n, s_n = new.opt_update(adapted, s_n, g, P, 0.0, KEY)
+        for k in P:
+            np.testing.assert_allclose(p_n[k], p_b[k], rtol=1e-6, atol=1e-7)
+    moved = jax.tree.map(lambda x: x, adapted)
+    moved["mlp"]["linear_0"]["w"] = jnp.asarray(w1).at[tau + 1].set(1.0)
+    steps = {}
+    for c in (1.0, 2.0):
+        Pc = {k: np.asarray(v) * c for k, v in P.items()}
+        for name, th in (("moved", moved), ("adapted", adapted)):
+            p_new, _ = new.opt_update(th, new.opt_init(th, Pc, 8), G1, Pc, 0.0, KEY)
+            steps[name, c] = np.asarray(Pc["w"]) - np.asarray(p_new["w"])
+    assert np.max(np.abs(steps["moved", 1.0] - steps["adapted", 1.0])) > 1e-6
+    # without the sigma row the step does not depend on the parameters' scale; with it, it does
+    np.testing.assert_allclose(steps["adapted", 2.0], steps["adapted", 1.0], rtol=1e-5, atol=1e-8)
+    assert np.max(np.abs(steps["moved", 2.0] - steps["moved", 1.0])) > 1e-6
+    learned_opt.save(str(tmp_path / "scaled.npz"), new, adapted)
+    with pytest.raises(learned_opt.CheckpointError, match="scaled.npz"):
+        learned_opt.load_theta(str(tmp_path / "scaled.npz"), base, same_config=False)
 
 
 @pytest.mark.parametrize("beta, bound, grow_only, sign", [

@@ -109,6 +109,9 @@ CASES = {
         "mup_power": 0.5, "mup_power_wide_only": True, "mup_base_fan_in": 12.0, "output_init_scale": 1.0}), 100),
     "norm_mlp noise_input, N=100": (lambda: fresh("norm_mlp", {
         "noise_input": True, "orthogonalize": True, "cosine_floor": 0.1, "output_init_scale": 1.0}), 100),
+    "norm_mlp scale_input noise_input, N=100": (lambda: fresh("norm_mlp", {
+        "scale_input": True, "noise_input": True, "orthogonalize": True, "cosine_floor": 0.1,
+        "output_init_scale": 1.0}), 100),
     "norm_mlp noise_power, N=100": (lambda: fresh("norm_mlp", {
         "noise_power": 0.5, "orthogonalize": True, "cosine_floor": 0.1, "output_init_scale": 1.0}), 100),
     "norm_mlp noise_power_vectors, N=100": (lambda: fresh("norm_mlp", {

@@ -8,6 +8,7 @@ length (0 = unknown), ``lr`` the group's learning rate (default: the config's ``
     x    = normalize([g, p, m_0.., sqrt(v), a])                 per channel, over the tensor
     tau  = [min(t / N, 1), 1] if N > 0 else [0, 0]
     r    = sqrt(mean(a^2));   c = [tau, r] if adam_scale or noise_input else tau
+    c   <- [c, clip(log(sqrt(fan_in * mean(p^2))), -3, 3) if ndim >= 2 else 0]   (scale_input)
     d, m = MLP([x, c, DMD]) - MLP([0, c, 0])                 (DMD channels with dmd_window > 0)
     D    = nominal * x_a + d;   D <- NewtonSchulz(D)  (orthogonalize, matrices with both sides > 1)
     u    = D * rsqrt(1e-12 + mean(D^2))                         (normalize_output)
@@ -142,6 +143,12 @@ class NormMLPRule(Rule):
         a = (m[0] / c1) / (torch.sqrt(v / c2) + 1e-8)
         r = torch.sqrt(mean_square(a)) if a.numel() else torch.zeros((), dtype=F32, device=dev)
         const = torch.cat([tau, r[None]]) if cfg.r_input else tau
+        if cfg.scale_input:     # sigma: the matrix's log scale against 1/sqrt(fan_in), 0 for vectors
+            sigma = torch.zeros((), dtype=F32, device=dev)
+            if p.dim() >= 2 and p.numel():
+                ms = mup.fan_in(tuple(p.shape)) * mean_square(p.to(F32))
+                sigma = torch.clamp(0.5 * torch.log(torch.clamp(ms, min=1e-30)), -3.0, 3.0)
+            const = torch.cat([const, sigma[None]])
         st.update(step=t + 1, momenta=m, v=v)
         if p.numel() == 0:
             return torch.zeros_like(p)
