@@ -78,6 +78,11 @@ def test_general_fast_is_the_general_recipe_on_short_episodes():
     assert fast.lopt_config == {**general.lopt_config, "trained_horizon": fast.max_episode_length}
 
 
+def changed_fields(a: TrainConfig, b: TrainConfig) -> set[str]:
+    """The names of the fields where two configs differ."""
+    return {f.name for f in dataclasses.fields(TrainConfig) if getattr(a, f.name) != getattr(b, f.name)}
+
+
 def test_general_broad_fine_tunes_v7_on_the_mixture_plus_two_families():
     """The shipped general's recipe (v8): general_fast's rule and episodes, its eight families first and
     unchanged, then two more (wider 1-D convs, a transformer on source code), started from the archived
@@ -85,8 +90,7 @@ def test_general_broad_fine_tunes_v7_on_the_mixture_plus_two_families():
     import jax
     import learned_opt
     fast, broad = get_config("general_fast"), get_config("general_broad")
-    changed = {f.name for f in dataclasses.fields(TrainConfig)
-               if getattr(fast, f.name) != getattr(broad, f.name)}
+    changed = changed_fields(fast, broad)
     assert changed == {"families", "init_from", "meta_lr", "outer_steps", "eval_every",
                        "checkpoint_every", "description"}
     assert broad.families[:len(fast.families)] == fast.families
@@ -106,8 +110,7 @@ def test_general_broad_scale_is_v8s_recipe_with_the_scale_input_started_from_v7(
     import learned_opt
     from meta_train.trainer import initial_theta
     broad, scaled = get_config("general_broad"), get_config("general_broad_scale")
-    changed = {f.name for f in dataclasses.fields(TrainConfig)
-               if getattr(broad, f.name) != getattr(scaled, f.name)}
+    changed = changed_fields(broad, scaled)
     assert changed == {"lopt_config", "description"}
     assert scaled.lopt_config == {**broad.lopt_config, "scale_input": True}
     lopt = learned_opt.make(scaled.architecture, scaled.lopt_config)

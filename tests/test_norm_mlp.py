@@ -416,6 +416,16 @@ def test_noise_per_parameter_takes_each_parameters_own_adam_direction_as_the_bas
         NormMLPConfig(noise_per_parameter=True)   # no power to take
 
 
+def assert_same_steps(lopt_a, theta_a, lopt_b, theta_b):
+    """Three updates on ``P`` (gradients G1, G2, -G1) give the same parameters under both rules."""
+    s_a, s_b = lopt_a.opt_init(theta_a, P, 8), lopt_b.opt_init(theta_b, P, 8)
+    for g in (G1, G2, jax.tree.map(lambda x: -np.asarray(x), G1)):
+        p_a, s_a = lopt_a.opt_update(theta_a, s_a, g, P, 0.0, KEY)
+        p_b, s_b = lopt_b.opt_update(theta_b, s_b, g, P, 0.0, KEY)
+        for k in P:
+            np.testing.assert_allclose(p_b[k], p_a[k], rtol=1e-6, atol=1e-7)
+
+
 def test_noise_input_adapts_a_trained_rule_to_the_same_steps_and_learns_from_r(tmp_path):
     """``noise_input``: r is one more network input (after tau) and does not scale the step. A rule
     saved without it loads into one with it (``init_from``'s path: ``load_theta(same_config=False)``)
@@ -432,12 +442,7 @@ def test_noise_input_adapts_a_trained_rule_to_the_same_steps_and_learns_from_r(t
     at = base.config.num_per_parameter + 2
     np.testing.assert_array_equal(w1[at], 0.0)
     np.testing.assert_array_equal(np.delete(w1, at, axis=0), w0)
-    s_b, s_n = base.opt_init(theta, P, 8), noisy.opt_init(adapted, P, 8)
-    for g in (G1, G2, jax.tree.map(lambda x: -np.asarray(x), G1)):
-        p_b, s_b = base.opt_update(theta, s_b, g, P, 0.0, KEY)
-        p_n, s_n = noisy.opt_update(adapted, s_n, g, P, 0.0, KEY)
-        for k in P:
-            np.testing.assert_allclose(p_n[k], p_b[k], rtol=1e-6, atol=1e-7)
+    assert_same_steps(base, theta, noisy, adapted)
     moved = jax.tree.map(lambda x: x, adapted)
     moved["mlp"]["linear_0"]["w"] = jnp.asarray(w1).at[at].set(1.0)
     p_m, _ = noisy.opt_update(moved, noisy.opt_init(moved, P, 8), G1, P, 0.0, KEY)
@@ -491,12 +496,7 @@ def test_scale_input_adapts_a_trained_rule_to_the_same_steps_and_sees_the_scale(
     for i in added:
         np.testing.assert_array_equal(w1[i], 0.0)
     np.testing.assert_array_equal(np.delete(w1, added, axis=0), w0)
-    s_b, s_n = base.opt_init(theta, P, 8), new.opt_init(adapted, P, 8)
-    for g in (G1, G2, jax.tree.map(lambda x: -np.asarray(x), G1)):
-        p_b, s_b = base.opt_update(theta, s_b, g, P, 0.0, KEY)
-        p_n, s_n = new.opt_update(adapted, s_n, g, P, 0.0, KEY)
-        for k in P:
-            np.testing.assert_allclose(p_n[k], p_b[k], rtol=1e-6, atol=1e-7)
+    assert_same_steps(base, theta, new, adapted)
     moved = jax.tree.map(lambda x: x, adapted)
     moved["mlp"]["linear_0"]["w"] = jnp.asarray(w1).at[tau + 1].set(1.0)
     steps = {}
