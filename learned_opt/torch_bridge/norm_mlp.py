@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from learned_opt import mup
-from learned_opt.norm_mlp import NormMLP
+from learned_opt.norm_mlp import SCALE_BOUND, NormMLP
 from learned_opt.torch_bridge import ops
 from learned_opt.torch_bridge.rule import Rule, Slot
 
@@ -147,7 +147,7 @@ class NormMLPRule(Rule):
             sigma = torch.zeros((), dtype=F32, device=dev)
             if p.dim() >= 2 and p.numel():
                 ms = mup.fan_in(tuple(p.shape)) * mean_square(p.to(F32))
-                sigma = torch.clamp(0.5 * torch.log(torch.clamp(ms, min=1e-30)), -3.0, 3.0)
+                sigma = torch.clamp(0.5 * torch.log(torch.clamp(ms, min=1e-30)), -SCALE_BOUND, SCALE_BOUND)
             const = torch.cat([const, sigma[None]])
         st.update(step=t + 1, momenta=m, v=v)
         if p.numel() == 0:
