@@ -103,6 +103,15 @@ def test_general_broad_fine_tunes_v7_on_the_mixture_plus_two_families():
     assert jax.tree.map(np.shape, theta) == jax.tree.map(np.shape, theta8)
 
 
+def test_general_broad_attn_is_v8s_recipe_with_only_the_transformer_family_weighted_up():
+    broad, attn = get_config("general_broad"), get_config("general_broad_attn")
+    assert changed_fields(broad, attn) == {"families", "description"}
+    differ = [(a, b) for a, b in zip(broad.families, attn.families) if a != b]
+    assert len(attn.families) == len(broad.families) and len(differ) == 1
+    (a, b), = differ
+    assert a["label"] == "attn_code" and a.get("weight", 1.0) == 1.0 and b == {**a, "weight": 4.0}
+
+
 def test_general_broad_scale_is_v8s_recipe_with_the_scale_input_started_from_v7():
     """The scale-input ablation of v8's recipe: only the rule's ``scale_input`` differs (and the
     description); v7 loads into it through a zero first-layer row for sigma (``adapt_theta``), so
