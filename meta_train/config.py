@@ -307,7 +307,8 @@ NAMED_CONFIGS["general_broad_scale"] = NAMED_CONFIGS["general_broad"].replace(
 # The shipped general's recipe (v9, 2026-12-05): v8's with the transformer family weighted 4x, as the GRUs
 # are. Its meta-gradient is ~7x smaller than the 1-D convs' (median |g_f| 8.6 vs 62 over v8's run), so at
 # weight 1 the combined direction barely followed it and the held-out transformer suite trailed tuned Adam
-# (0.91); at weight 4 it reads 1.04 (seed 1: 1.01), every held-out suite at or above 1.
+# (0.91); at weight 4 it reads 1.04 with every held-out suite at or above 1 (seeds 1, 2 of the recipe:
+# 1.01 and 0.93, docs/experiments/general_broad_attn_seeds).
 NAMED_CONFIGS["general_broad_attn"] = NAMED_CONFIGS["general_broad"].replace(
     families=tuple({**e, "weight": 4.0} if e["label"] == "attn_code" else e for e in BROAD_FAMILIES),
     description="general_broad (v8's recipe) with the character-transformer family at weight 4 (as the "
