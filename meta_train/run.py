@@ -129,9 +129,13 @@ def load_checkpoint(out_dir: str, template, warn=None):
 def _tensorboard(out_dir: str, start: int):
     """A TensorBoard event writer in the run directory (tensorboardX: no TensorFlow). On a
     start resumed after step ``start`` writes from step ``start + 1`` on, so events of earlier
-    starts at steps > ``start`` are purged from the view (a fresh start purges them all)."""
+    starts at steps > ``start`` are purged from the view (a fresh start purges them all).
+    tensorboardX names a file by the second it opened and the host, so a resume within the same
+    second as the start before it would truncate that start's file: each start's file also
+    carries its start step and process id."""
     from tensorboardX import SummaryWriter
-    return SummaryWriter(logdir=out_dir, purge_step=start + 1 if start else 0, flush_secs=10)
+    return SummaryWriter(logdir=out_dir, purge_step=start + 1 if start else 0, flush_secs=10,
+                         filename_suffix=f".start{start}.pid{os.getpid()}")
 
 
 def _scalars(rec: dict) -> dict:

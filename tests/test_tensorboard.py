@@ -64,3 +64,21 @@ def test_no_tensorboard_writes_no_event_files(tmp_path):
     run = str(tmp_path / "r")
     train(CFG.replace(outer_steps=2), run, progress=False, tensorboard=False)
     assert not glob.glob(os.path.join(run, "events.out.tfevents.*"))
+
+
+def test_a_resume_in_the_same_second_keeps_the_earlier_starts_events(tmp_path, monkeypatch):
+    """tensorboardX names an event file by the second it was opened: two starts of one run within
+    a second must still write two files, the first start's events intact."""
+    import time
+    from meta_train.run import _tensorboard
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)      # both starts in one second
+    for start, steps in ((0, range(0, 4)), (3, range(4, 6))):
+        tb = _tensorboard(str(tmp_path), start)
+        for s in steps:
+            tb.add_scalar("meta_loss", float(s), s)
+        tb.close()
+    monkeypatch.undo()
+    got, purges = scalars(str(tmp_path))
+    assert len(glob.glob(str(tmp_path / "events.out.tfevents.*"))) == 2
+    assert sorted(s for tag, s in got if tag == "meta_loss") == [0, 1, 2, 3, 4, 5]
+    assert purges == [0, 4]
