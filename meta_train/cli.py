@@ -5,6 +5,7 @@
     lopt apply   CHECKPOINT --task NAME [--steps N] [--guard [step|trajectory] [--check-every N]]
     lopt report  CHECKPOINT [--out DIR] [--num-tasks N] [--steps N]
     lopt bench   [OPTIMIZER ...] [--full] [--suite NAME] [--out DIR]
+    lopt soup    CHECKPOINT CHECKPOINT ... --out FILE [--weights W ...]
     lopt tasks
 
 User errors (unknown names, bad values, unreadable checkpoints, missing datasets)
@@ -30,6 +31,7 @@ EXAMPLES = """examples:
   lopt train --config lstm_dmd                # other architectures: lopt train --list-configs
   lopt bench                                  # every shipped optimizer, every suite (~20 min)
   lopt bench --full --out checkpoints/bench   # all tasks, 3 seeds (a few hours on 2 cores)
+  lopt soup runs/s0/optimizer.npz runs/s1/optimizer.npz --out runs/soup.npz  # average seeds
   lopt tasks
   # two hosts (run on each, with its own --process-id):
   lopt train --distributed --coordinator host0:12355 --num-processes 2 --process-id 0
@@ -204,6 +206,19 @@ def cmd_tasks(args) -> int:
     return 0
 
 
+def cmd_soup(args) -> int:
+    from learned_opt import soup
+    if os.path.abspath(args.out) in {os.path.abspath(c) for c in args.checkpoints}:
+        from learned_opt.base import CheckpointError
+        raise CheckpointError(f"soup: --out {args.out} is one of the files to average; write the soup elsewhere")
+    meta = {"note": args.note} if args.note else None
+    s = soup.save(args.out, args.checkpoints, args.weights, meta)
+    weights = ", ".join(f"{m['weight']:.3g}" for m in s.metadata["soup"])
+    print(f"wrote {args.out}: {s.metadata['label']} (weights {weights}; members' spread around the mean "
+          f"{100 * s.metadata['soup_spread']:.1f}% of its norm)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from meta_train.estimators import ESTIMATORS
     p = argparse.ArgumentParser(
@@ -355,6 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="runs/bench", help="output directory (default: %(default)s)")
     b.add_argument("--no-progress", action="store_true", help="no progress messages")
     b.set_defaults(fn=cmd_bench)
+
+    so = sub.add_parser(
+        "soup", help="average the meta-parameters of optimizers fine-tuned from one start (seeds)",
+        description="Write the weighted average (a 'model soup') of the meta-parameters of several optimizer "
+                    "files of one architecture and config, e.g. the same recipe meta-trained with different "
+                    "seeds from one starting optimizer: the seeds' noise averages out (learned_opt/soup.py). "
+                    "Prints how far the members are from their mean; averaging unrelated optimizers rarely works.")
+    so.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                    help="optimizer files (or shipped names) to average, at least two")
+    so.add_argument("--out", required=True, help="the soup's optimizer file")
+    so.add_argument("--weights", type=float, nargs="+", metavar="W",
+                    help="one non-negative weight per file (normalised to sum 1; default: equal)")
+    so.add_argument("--note", default=None, help="a note stored in the file's metadata")
+    so.set_defaults(fn=cmd_soup)
 
     k = sub.add_parser("tasks", help="list task families, named tasks and configs")
     k.set_defaults(fn=cmd_tasks)
