@@ -89,11 +89,40 @@ def spread(paths: Sequence[str]) -> float:
     return float(np.sqrt(np.mean(np.sum((stack - centre) ** 2, axis=1))) / max(np.linalg.norm(centre), 1e-30))
 
 
+def with_config(lopt, overrides: dict):
+    """``lopt`` rebuilt with config fields ``overrides`` (e.g. test-time settings such as
+    ``{"hypergrad": 0.1}``); an unknown field or a bad value is a one-line error."""
+    from learned_opt.base import LearnedOptError, config_from_dict
+    try:
+        cfg = config_from_dict(type(lopt.config), {**config_to_dict(lopt.config), **overrides})
+        return type(lopt)(cfg)
+    except (LearnedOptError, TypeError, ValueError) as e:
+        raise CheckpointError(f"soup: cannot set {overrides} on a {lopt.architecture!r} optimizer: "
+                              f"{str(e).splitlines()[0] if str(e) else e!r}") from None
+
+
 def save(path: str, paths: Sequence[str], weights: Sequence[float] | None = None,
-         metadata: dict | None = None) -> checkpoint.Loaded:
+         metadata: dict | None = None, config_overrides: dict | None = None) -> checkpoint.Loaded:
     """Write the soup of ``paths`` to ``path`` (atomically) and return it; ``metadata`` is added
-    to the file's (e.g. a label or note)."""
-    soup = average(paths, weights)
-    meta = {**soup.metadata, "soup_spread": spread(paths), **(metadata or {})}
-    checkpoint.save(path, soup.lopt, soup.theta, meta)
-    return checkpoint.Loaded(soup.lopt, soup.theta, meta)
+    to the file's (e.g. a label or note); ``config_overrides``: config fields to change, which
+    must leave the meta-parameters' shapes as they are (test-time settings; :func:`with_config`).
+    One path with overrides re-saves that optimizer with them."""
+    paths = list(paths)
+    if len(paths) == 1 and config_overrides:
+        one = checkpoint.load(paths[0])
+        soup = checkpoint.Loaded(one.lopt, one.theta, {**one.metadata, "from": paths[0]})
+        meta = dict(soup.metadata)
+    else:
+        soup = average(paths, weights)
+        meta = {**soup.metadata, "soup_spread": spread(paths)}
+    lopt = soup.lopt
+    if config_overrides:
+        lopt = with_config(lopt, config_overrides)
+        shapes = lambda t: [np.shape(x) for x in jax.tree_util.tree_leaves(t)]
+        if shapes(jax.eval_shape(lopt.init, jax.random.PRNGKey(0))) != shapes(soup.theta):
+            raise CheckpointError(f"soup: setting {sorted(config_overrides)} changes the meta-parameters' "
+                                  "shapes; only settings that add no meta-parameter can be changed")
+        meta["config_overrides"] = dict(config_overrides)
+    meta.update(metadata or {})
+    checkpoint.save(path, lopt, soup.theta, meta)
+    return checkpoint.Loaded(lopt, soup.theta, meta)

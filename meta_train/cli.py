@@ -5,7 +5,7 @@
     lopt apply   CHECKPOINT --task NAME [--steps N] [--guard [step|trajectory] [--check-every N]]
     lopt report  CHECKPOINT [--out DIR] [--num-tasks N] [--steps N]
     lopt bench   [OPTIMIZER ...] [--full] [--suite NAME] [--out DIR]
-    lopt soup    CHECKPOINT CHECKPOINT ... --out FILE [--weights W ...]
+    lopt soup    CHECKPOINT CHECKPOINT ... --out FILE [--weights W ...] [--set key=value ...]
     lopt tasks
 
 User errors (unknown names, bad values, unreadable checkpoints, missing datasets)
@@ -14,6 +14,7 @@ print one line on stderr and exit with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -211,11 +212,17 @@ def cmd_soup(args) -> int:
     if os.path.abspath(args.out) in {os.path.abspath(c) for c in args.checkpoints}:
         from learned_opt.base import CheckpointError
         raise CheckpointError(f"soup: --out {args.out} is one of the files to average; write the soup elsewhere")
+    from meta_train.config import parse_override
     meta = {"note": args.note} if args.note else None
-    s = soup.save(args.out, args.checkpoints, args.weights, meta)
+    overrides = dict(parse_override(t) for t in args.set)
+    s = soup.save(args.out, args.checkpoints, args.weights, meta, overrides)
+    sets = f"; config {json.dumps(overrides)}" if overrides else ""
+    if "soup" not in s.metadata:
+        print(f"wrote {args.out}: {args.checkpoints[0]}{sets}")
+        return 0
     weights = ", ".join(f"{m['weight']:.3g}" for m in s.metadata["soup"])
     print(f"wrote {args.out}: {s.metadata['label']} (weights {weights}; members' spread around the mean "
-          f"{100 * s.metadata['soup_spread']:.1f}% of its norm)")
+          f"{100 * s.metadata['soup_spread']:.1f}% of its norm{sets})")
     return 0
 
 
@@ -378,10 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "seeds from one starting optimizer: the seeds' noise averages out (learned_opt/soup.py). "
                     "Prints how far the members are from their mean; averaging unrelated optimizers rarely works.")
     so.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
-                    help="optimizer files (or shipped names) to average, at least two")
+                    help="optimizer files (or shipped names) to average, at least two (one with --set)")
     so.add_argument("--out", required=True, help="the soup's optimizer file")
     so.add_argument("--weights", type=float, nargs="+", metavar="W",
                     help="one non-negative weight per file (normalised to sum 1; default: equal)")
+    so.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a config field of the written optimizer, one that adds no meta-parameter "
+                         "(test-time settings, e.g. --set hypergrad=0.1); with one CHECKPOINT, re-save it so")
     so.add_argument("--note", default=None, help="a note stored in the file's metadata")
     so.set_defaults(fn=cmd_soup)
 

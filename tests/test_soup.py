@@ -95,3 +95,21 @@ def test_lopt_soup_writes_the_file_and_refuses_bad_input_with_status_2(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("lopt: error: soup:") for line in err)
     assert os.path.getmtime(out) == before and not os.path.exists(tmp_path / "t.npz")
+
+
+def test_set_changes_settings_that_add_no_meta_parameter_and_refuses_the_others(tmp_path):
+    lopt = NormMLP(NormMLP.Config(hidden_sizes=(8, 8)))
+    paths = _save_members(tmp_path, lopt, 2)
+    out = str(tmp_path / "s.npz")
+    soup.save(out, paths, config_overrides={"hypergrad": 0.1, "cosine_floor": 0.2})
+    got = checkpoint.load(out)
+    assert (got.lopt.config.hypergrad, got.lopt.config.cosine_floor) == (0.1, 0.2)
+    assert got.metadata["config_overrides"] == {"hypergrad": 0.1, "cosine_floor": 0.2}
+    for a, b in zip(_flat(got.theta), _flat(soup.average(paths).theta)):
+        np.testing.assert_array_equal(a, b)
+    one = soup.save(str(tmp_path / "one.npz"), paths[:1], config_overrides={"hypergrad": 0.3})
+    assert one.lopt.config.hypergrad == 0.3 and one.metadata["label"] == "m seed 0"
+    for bad, needle in (({"hidden_sizes": [4]}, "shapes"), ({"nope": 1}, "unknown"), ({"hypergrad": -1.0}, ">= 0")):
+        with pytest.raises(CheckpointError, match=needle):
+            soup.save(str(tmp_path / "bad.npz"), paths, config_overrides=bad)
+    assert not os.path.exists(tmp_path / "bad.npz")
