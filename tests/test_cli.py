@@ -79,7 +79,7 @@ def test_train_apply_report_end_to_end(smoke_run, tmp_path):
 def test_help_lists_subcommands():
     rc, so, se, _ = lopt("--help")
     assert rc == 0
-    for sub in ("train", "apply", "report", "bench", "tasks"):
+    for sub in ("train", "apply", "report", "bench", "soup", "tasks"):
         assert sub in so
 
 
